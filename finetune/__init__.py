@@ -1,0 +1,1 @@
+"""cogcot finetune package."""

@@ -1,0 +1,1 @@
+"""cogcot inference package."""

@@ -1,0 +1,35 @@
+"""Distribution `cogcot`: CogVLM fine-tuning on SwissArmyTransformer with LLaVA-CoT staged reasoning."""
+from setuptools import setup
+
+setup(
+    name="cogcot",
+    version="0.1.0",
+    description="Fine-tune CogVLM-style vision-language models on SAT/DeepSpeed and search over LLaVA-CoT reasoning stages",
+    python_requires=">=3.9",
+    packages=["models", "dataset", "finetune", "inference"],
+    package_data={"finetune": ["*.sh", "configs/*.json"]},
+    install_requires=[
+        "torch>=2.1",
+        "deepspeed>=0.14",
+        "SwissArmyTransformer==0.4.12",
+        "pillow>=9",
+        "sentencepiece>=0.1.99",
+        "numpy",
+        "tqdm",
+        "matplotlib",
+        "tensorboardX",
+        # imported by SwissArmyTransformer without being declared by it
+        "requests",
+        "triton",
+        "wandb",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={
+        "console_scripts": [
+            "cogcot-chat=inference.cli_demo:main",
+            "cogcot-evaluate=inference.evaluate:main",
+            "cogcot-synth=dataset.synth:main",
+            "cogcot-inspect=dataset.inspect:main",
+        ]
+    },
+)
