@@ -74,6 +74,7 @@ value values label labels category categories highest lowest more less most leas
 option options answer answers question questions choose choice correct incorrect step steps first second
 third then so therefore because since I will need to identify find look determine compare subtract add
 after before summary caption reasoning conclusion response responses better best judge reason
+shortest star kind result relative them has makes gives shows So What Where Which From Remove No That Counting ,
 A B C D E
 """
 
