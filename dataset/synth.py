@@ -575,27 +575,48 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
 
 # ----------------------------------------------------------------------------- command line
 
+_EPILOG = """\
+files written into OUT:
+  images/                PNG files: synth-000001.png ... (train), synth-test-000001.png ... (test)
+  train.jsonl            N records, one JSON object a line:
+                           {"id": "synth-000001", "image": "images/synth-000001.png",
+                            "conversations": [{"from": "human", "value": "<image>\\nQUESTION\\nOptions: A. .. B. .. C. .. D. .."},
+                                              {"from": "gpt", "value": "<SUMMARY> .. </SUMMARY> <CAPTION> .. </CAPTION>
+                                                                         <REASONING> .. </REASONING> <CONCLUSION> B </CONCLUSION>"}],
+                            "category": "color", "answer": "B"}
+  test.jsonl             M held-out records (ids synth-test-NNNNNN), same format, seeds disjoint from train
+  test.tsv               the same M items, VLMEvalKit style, tab-separated with a header line:
+                           index, image (base64 PNG), question, A, B, C, D, answer (letter), category
+                           (row index 7 is record synth-test-000007)
+
+prompt rule (dataset.synth.tsv_row_to_prompt): a TSV row becomes
+  question + "\\nOptions: A. {A} B. {B} C. {C} D. {D}"
+and every training prompt is "<image>\\n" + that same text, so train and evaluation wording match.
+
+categories (easiest first): %s
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dataset.synth",
-        description="Write a seeded synthetic multiple-choice VQA set with LLaVA-CoT four-stage answers: "
-                    "OUT/images/*.png, OUT/train.jsonl (N records), OUT/test.jsonl and OUT/test.tsv "
-                    "(M held-out items; the TSV is VLMEvalKit style: index, image (base64 PNG), question, "
-                    "A, B, C, D, answer, category). Same arguments give byte-identical files.",
-        epilog="Prompt rule: a TSV row becomes the prompt question + '\\nOptions: A. .. B. .. C. .. D. ..' "
-               "(dataset.synth.tsv_row_to_prompt); training records use the same text after '<image>\\n'. "
-               f"Categories: {', '.join(CATEGORIES)} (color/shape are the easy ones, count/arithmetic the hard ones).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument("--n", type=int, required=True, help="number of training items (train.jsonl)")
-    p.add_argument("--seed", type=int, required=True, help="random seed; test items use seeds disjoint from training")
-    p.add_argument("--n-test", type=int, default=None,
-                   help="number of held-out items (test.jsonl, test.tsv); default max(100, N // 10)")
-    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
-                   help=f"image side in px (>= {MIN_IMAGE_SIZE}); 56 is the tiny model's ViT input")
+        description="Write a seeded synthetic multiple-choice VQA set (shapes, colors, positions, bar charts, "
+                    "counting, subtraction) with LLaVA-CoT four-stage answers. The same arguments give "
+                    "byte-identical files.",
+        epilog=_EPILOG % ", ".join(CATEGORIES),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--n", type=int, required=True, metavar="N", help="number of training items (train.jsonl)")
+    p.add_argument("--seed", type=int, required=True, metavar="S",
+                   help="random seed; held-out items use seeds disjoint from the training ones")
+    p.add_argument("--n-test", type=int, default=None, metavar="M",
+                   help="number of held-out items in test.jsonl and test.tsv (default: max(100, N // 10))")
+    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, metavar="PX",
+                   help=f"image side in px, at least {MIN_IMAGE_SIZE}; shapes scale with it "
+                        f"(default: {DEFAULT_IMAGE_SIZE}, the tiny model's ViT input)")
     p.add_argument("--categories", nargs="+", default=None, metavar="CAT",
-                   help=f"categories to draw, space- or comma-separated, from: {', '.join(CATEGORIES)} "
-                        "(default: all); items cycle through them in the given order")
+                   help="categories to draw, space- or comma-separated (default: all); "
+                        "item i gets the (i mod count)-th of them")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 

@@ -1,0 +1,305 @@
+"""dataset.synth: determinism, file formats, and that every answer is true for the pixels drawn.
+
+The answers are checked by an independent solver that reads only the question text and the image
+pixels (shapes are drawn without anti-aliasing, so each shape is a blob of one palette color whose
+fill ratio tells circle / square / triangle apart); it never looks at the generator's scene.
+"""
+import base64
+import csv
+import io
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset import synth
+from dataset.synth import CATEGORIES, LETTERS, PALETTE, generate, item_rng, make_item, tsv_row_to_prompt
+
+N_TRAIN, N_TEST, SEED = 48, 24, 7
+STAGES_RE = re.compile(r"^<SUMMARY> (.+) </SUMMARY> <CAPTION> (.+) </CAPTION> "
+                       r"<REASONING> (.+) </REASONING> <CONCLUSION> ([ABCD]) </CONCLUSION>$")
+
+
+# ----------------------------------------------------------------------------- pixel solver
+
+def blobs(img: Image.Image):
+    """One dict per 8-connected blob of a palette color: color, area, bbox (x0, y0, x1, y1 exclusive), shape."""
+    arr = np.asarray(img.convert("RGB")).astype(np.int16)
+    out = []
+    for name, rgb in PALETTE.items():
+        mask = np.all(arr == np.array(rgb, dtype=np.int16), axis=-1)
+        seen = np.zeros_like(mask)
+        for y0, x0 in zip(*np.nonzero(mask)):
+            if seen[y0, x0]:
+                continue
+            stack, pix = [(y0, x0)], []
+            seen[y0, x0] = True
+            while stack:
+                y, x = stack.pop()
+                pix.append((y, x))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        yy, xx = y + dy, x + dx
+                        if 0 <= yy < mask.shape[0] and 0 <= xx < mask.shape[1] and mask[yy, xx] and not seen[yy, xx]:
+                            seen[yy, xx] = True
+                            stack.append((yy, xx))
+            ys, xs = np.array(pix).T
+            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            w, h = box[2] - box[0], box[3] - box[1]
+            fill = len(pix) / (w * h)
+            shape = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"
+            out.append({"color": name, "area": len(pix), "box": box, "shape": shape, "w": w, "h": h,
+                        "cx": (box[0] + box[2]) / 2, "cy": (box[1] + box[3]) / 2})
+    return out
+
+
+def solve(question: str, img: Image.Image) -> str:
+    """The true answer value, from the question text and the pixels alone."""
+    bs = blobs(img)
+    W, H = img.size
+    if question == "What color is the shape?":
+        (b,) = bs
+        return b["color"]
+    if question == "What shape is in the image?":
+        (b,) = bs
+        return b["shape"]
+    m = re.fullmatch(r"Where is the (\w+) in the image\?", question)
+    if m:
+        (b,) = bs
+        assert b["shape"] == m.group(1)
+        dx, dy = b["cx"] - W / 2, b["cy"] - H / 2
+        assert abs(abs(dx) - abs(dy)) >= W / 8, "position must be unambiguous"
+        if abs(dx) > abs(dy):
+            return "left" if dx < 0 else "right"
+        return "top" if dy < 0 else "bottom"
+    m = re.fullmatch(r"Where is the (\w+) (\w+) relative to the (\w+) (\w+)\?", question)
+    if m:
+        ca, sa, cb, sb = m.groups()
+        (a,) = [b for b in bs if b["color"] == ca]
+        (b,) = [b for b in bs if b["color"] == cb]
+        assert (a["shape"], b["shape"]) == (sa, sb)
+        dx, dy = a["cx"] - b["cx"], a["cy"] - b["cy"]
+        assert abs(abs(dx) - abs(dy)) >= W / 8, "relation must be unambiguous"
+        if abs(dx) > abs(dy):
+            return "left" if dx < 0 else "right"
+        return "above" if dy < 0 else "below"
+    m = re.fullmatch(r"Which color has the (tallest|shortest) bar\?", question)
+    if m:
+        heights = sorted((b["h"], b["color"]) for b in bs)
+        assert len({h for h, _ in heights}) == len(heights) >= 3, "bar heights must differ"
+        return heights[-1][1] if m.group(1) == "tallest" else heights[0][1]
+
+    def matching(what: str):
+        if what == "shapes":
+            return bs
+        m2 = re.fullmatch(r"(\w+) shapes", what)
+        if m2:
+            return [b for b in bs if b["color"] == m2.group(1)]
+        assert what.endswith("s") and what[:-1] in synth.SHAPES, what
+        return [b for b in bs if b["shape"] == what[:-1]]
+
+    m = re.fullmatch(r"How many (.+) are there\?", question)
+    if m:
+        return str(len(matching(m.group(1))))
+    m = re.fullmatch(r"Remove all the (.+)\. How many shapes are left\?", question)
+    if m:
+        return str(len(bs) - len(matching(m.group(1))))
+    raise AssertionError(f"no solver for question {question!r}")
+
+
+def check_item(question, options, letter, text, img):
+    assert len(options) == 4 and len(set(options)) == 4, options
+    assert all(o.strip() == o and o for o in options)
+    m = STAGES_RE.match(text)
+    assert m, text
+    assert m.group(4) == letter
+    truth = solve(question, img)
+    assert options[LETTERS.index(letter)] == truth, (question, options, letter, truth)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    paths = generate(out, N_TRAIN, SEED, n_test=N_TEST, progress=False)
+    return paths
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def read_tsv(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def all_files(root: Path):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_deterministic_and_seed_dependent(data, tmp_path):
+    again = generate(tmp_path / "again", N_TRAIN, SEED, n_test=N_TEST, progress=False)
+    first, second = all_files(data["out_dir"]), all_files(again["out_dir"])
+    assert first.keys() == second.keys()
+    assert first == second  # byte-identical: PNGs, JSONL, TSV
+    other = generate(tmp_path / "other", N_TRAIN, SEED + 1, n_test=N_TEST, progress=False)
+    third = all_files(other["out_dir"])
+    assert third.keys() == first.keys()
+    assert third["train.jsonl"] != first["train.jsonl"] and third["test.tsv"] != first["test.tsv"]
+    assert sum(third[k] != first[k] for k in first if k.startswith("images/")) > 0.9 * (N_TRAIN + N_TEST)
+
+
+def test_items_do_not_depend_on_n(data, tmp_path):
+    small = generate(tmp_path / "small", 10, SEED, n_test=5, progress=False)
+    assert read_jsonl(small["train"]) == read_jsonl(data["train"])[:10]
+    assert read_tsv(small["tsv"]) == read_tsv(data["tsv"])[:5]
+
+
+def test_record_format_and_answers(data):
+    root = data["out_dir"]
+    for split, n, prefix in (("train", N_TRAIN, "synth-"), ("test", N_TEST, "synth-test-")):
+        recs = read_jsonl(data[split])
+        assert len(recs) == n
+        for i, r in enumerate(recs):
+            assert set(r) == {"id", "image", "conversations", "category", "answer"}
+            assert r["id"] == f"{prefix}{i + 1:06d}" and r["image"] == f"images/{r['id']}.png"
+            human, gpt = r["conversations"]
+            assert human["from"] == "human" and gpt["from"] == "gpt"
+            assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
+            question, opt_line = human["value"][len("<image>\n"):].split("\n")
+            m = re.fullmatch(r"Options: A\. (.+) B\. (.+) C\. (.+) D\. (.+)", opt_line)
+            assert m, opt_line
+            options = list(m.groups())
+            assert r["answer"] in LETTERS
+            check_item(question, options, r["answer"], gpt["value"], Image.open(root / r["image"]))
+
+
+def test_tsv_matches_test_jsonl(data):
+    rows, recs = read_tsv(data["tsv"]), read_jsonl(data["test"])
+    with open(data["tsv"], encoding="utf-8") as f:
+        assert f.readline().rstrip("\n").split("\t") == list(synth.TSV_COLUMNS)
+    assert len(rows) == len(recs) == N_TEST
+    for row, rec in zip(rows, recs):
+        assert rec["id"] == f"synth-test-{int(row['index']):06d}"
+        assert row["answer"] == rec["answer"] and row["category"] == rec["category"]
+        # The prompt rule: the evaluation prompt built from the row is the training prompt.
+        assert "<image>\n" + tsv_row_to_prompt(row) == rec["conversations"][0]["value"]
+        assert STAGES_RE.match(rec["conversations"][1]["value"]).group(4) == row["answer"]
+        raw = base64.b64decode(row["image"], validate=True)
+        png = (data["out_dir"] / rec["image"]).read_bytes()
+        assert raw == png
+        a = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+        b = np.asarray(Image.open(data["out_dir"] / rec["image"]).convert("RGB"))
+        assert a.shape == (56, 56, 3) and np.array_equal(a, b)
+        check_item(row["question"], [row[k] for k in LETTERS], row["answer"],
+                   rec["conversations"][1]["value"], Image.open(io.BytesIO(raw)))
+
+
+def test_ids_disjoint_and_categories_present(data):
+    train, test = read_jsonl(data["train"]), read_jsonl(data["test"])
+    train_ids, test_ids = [r["id"] for r in train], [r["id"] for r in test]
+    assert len(set(train_ids)) == len(train_ids) and len(set(test_ids)) == len(test_ids)
+    assert not set(train_ids) & set(test_ids)
+    assert not {r["image"] for r in train} & {r["image"] for r in test}
+    for recs in (train, test):
+        counts = Counter(r["category"] for r in recs)
+        assert set(counts) == set(CATEGORIES) and max(counts.values()) - min(counts.values()) <= 1
+    # Train and test images come from different seeds: no identical picture across the split.
+    root = data["out_dir"]
+    assert not {(root / r["image"]).read_bytes() for r in train} & {(root / r["image"]).read_bytes() for r in test}
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_make_item_true_to_pixels_and_scene(category):
+    letters = Counter()
+    for i in range(60):
+        item = make_item(item_rng(123, "train", i), category, 56)
+        image, question, options, letter, text, cat = item  # the documented 6-tuple
+        assert cat == category and image.size == (56, 56) and image.mode == "RGB"
+        check_item(question, options, letter, text, image)
+        letters[letter] += 1
+        # The scene matches the pixels: the same colored boxes (and shapes) as the blobs found.
+        found = sorted((b["color"], b["box"]) for b in blobs(image))
+        drawn = item.scene.get("objects") or item.scene.get("bars")
+        assert found == sorted((o["color"], tuple(o["box"])) for o in drawn)
+        for o in item.scene.get("objects", []):
+            (b,) = [b for b in blobs(image) if b["box"] == tuple(o["box"])]
+            assert b["shape"] == o["shape"]
+            w = o["box"][2] - o["box"][0]
+            assert 10 <= w <= 16  # recognisable at 56 px
+        assert len(drawn) <= synth.MAX_OBJECTS
+        # The caption names the drawn objects.
+        caption = STAGES_RE.match(text).group(2)
+        for o in drawn:
+            assert o["color"] in caption
+    assert len(letters) == 4  # the correct option moves around
+
+
+def test_make_item_accepts_int_seed_and_other_sizes():
+    a, b = make_item(5, "count"), make_item(random.Random(5), "count")
+    assert a.text == b.text and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    for size in (28, 112):
+        for cat in CATEGORIES:
+            for i in range(5):
+                img, q, opts, letter, text, _ = make_item(item_rng(1, "train", i), cat, size)
+                assert img.size == (size, size)
+                check_item(q, opts, letter, text, img)
+    with pytest.raises(ValueError, match="unknown category"):
+        make_item(0, "colour")
+    with pytest.raises(ValueError, match="image_size"):
+        make_item(0, "color", 16)
+
+
+def test_token_lengths_and_no_byte_fallback(tiny_tokenizer):
+    lengths = {c: [] for c in CATEGORIES}
+    for cat in CATEGORIES:
+        for i in range(40):
+            item = make_item(item_rng(9, "train", i), cat)
+            ans = tiny_tokenizer.encode(item.text, add_special_tokens=False)
+            prompt = tiny_tokenizer.encode(item.prompt, add_special_tokens=False)
+            pieces = tiny_tokenizer.convert_ids_to_tokens(ans + prompt)
+            assert not [p for p in pieces if p.startswith("<0x")], (item.text, item.prompt)
+            assert tiny_tokenizer.unk_token_id not in ans + prompt
+            assert len(ans) + len(prompt) <= 160
+            assert len(ans) <= 100
+            lengths[cat].append(len(ans))
+    means = {c: sum(v) / len(v) for c, v in lengths.items()}
+    assert max(means.values()) < 80, means
+    # Easy categories are also the short ones.
+    assert means["color"] < means["count"] and means["shape"] < means["arithmetic"]
+
+
+def test_prompt_rule():
+    row = {"question": "What color is the shape?", "A": "red", "B": "blue", "C": "green", "D": "yellow"}
+    assert tsv_row_to_prompt(row) == "What color is the shape?\nOptions: A. red B. blue C. green D. yellow"
+    assert tsv_row_to_prompt({"question": "Q", "A": "1", "B": "2", "C": float("nan"), "D": ""}) == \
+        "Q\nOptions: A. 1 B. 2"
+
+
+def test_cli_categories_and_default_n_test(tmp_path, capsys):
+    assert synth.main(["--out", str(tmp_path / "c"), "--n", "8", "--seed", "1", "--n-test", "4",
+                       "--categories", "color,shape", "--no-progress"]) == 0
+    recs = read_jsonl(tmp_path / "c" / "train.jsonl")
+    assert [r["category"] for r in recs] == ["color", "shape"] * 4
+    assert len(read_tsv(tmp_path / "c" / "test.tsv")) == 4
+    assert synth.main(["--out", str(tmp_path / "bad"), "--n", "2", "--seed", "1", "--categories", "colr"]) == 2
+    assert "unknown categories" in capsys.readouterr().err
+    paths = generate(tmp_path / "d", 5, 1, progress=False)
+    assert len(read_jsonl(paths["test"])) == 100 == synth.default_n_test(5)
+    assert synth.default_n_test(5000) == 500
+    with pytest.raises(SystemExit) as e:
+        synth.main(["--help"])
+    assert e.value.code == 0
+    help_text = capsys.readouterr().out
+    for word in ("--out", "--n", "--seed", "--n-test", "--image-size", "--categories", "test.tsv", "Options:"):
+        assert word in help_text
