@@ -143,3 +143,19 @@ def load_tokenizer(path_or_name: Union[str, os.PathLike, None]) -> LlamaTokenize
             f"no tokenizer at {path_or_name}: give a sentencepiece tokenizer.model (the Vicuna-7B v1.5 "
             f"one for the official checkpoints), a folder holding one, or 'tiny'")
     return LlamaTokenizer(path)
+
+
+def tokenizer_for(model_path_or_preset: Union[str, os.PathLike], tokenizer_type: Optional[str] = None,
+                  override: Optional[Union[str, os.PathLike]] = None) -> LlamaTokenizer:
+    """The tokenizer belonging to a checkpoint: `override` if given, else `tokenizer.model` inside the
+    checkpoint directory, else the built-in tiny one when the model's tokenizer_type is `tiny`."""
+    if override:
+        return load_tokenizer(override)
+    path = Path(model_path_or_preset)
+    if path.is_dir() and (path / "tokenizer.model").is_file():
+        return LlamaTokenizer(path / "tokenizer.model")
+    if tokenizer_type in (None, "tiny") and (str(model_path_or_preset) == "cogvlm-tiny" or tokenizer_type == "tiny"):
+        return load_tokenizer("tiny")
+    raise FileNotFoundError(
+        f"no tokenizer for {model_path_or_preset} (tokenizer_type {tokenizer_type!r}): put the Vicuna-7B v1.5 "
+        f"sentencepiece tokenizer.model into the checkpoint directory, or pass --tokenizer PATH")

@@ -14,3 +14,48 @@ def tiny_tokenizer(tmp_path_factory):
     """A 1024-piece byte-fallback BPE sentencepiece tokenizer with LLaMA ids (unk 0, bos 1, eos 2)."""
     from models.tokenizer import build_tiny_tokenizer
     return build_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+
+
+@pytest.fixture
+def tiny_config():
+    """The cogvlm-tiny preset (56 px images, 64 image tokens, 4 layers of width 128)."""
+    from models.config import get_preset
+    return get_preset("cogvlm-tiny")
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    """A random-weight cogvlm-tiny in eval mode, fp32 on CPU."""
+    from models.cogvlm import CogVLMModel
+    model = CogVLMModel(CogVLMModel.get_args(**tiny_config.to_dict()))
+    return model.eval()
+
+
+@pytest.fixture
+def image_batch(tiny_config):
+    """Builds model inputs for `[BOS][BOI][IMG]xL[EOI] text` prompts, the official v1.1 layout."""
+    from tests.helpers import image_prompt_inputs
+    return lambda text_ids, seed=0: image_prompt_inputs(tiny_config, text_ids, seed=seed)
+
+
+@pytest.fixture
+def write_records(tmp_path):
+    """Writes tiny PNGs and a data file of conversation records under tmp_path; returns the file's path.
+
+    `write_records(records, images=("a.png",), name="data.jsonl", as_array=False)`; a str record is
+    written as a raw line (to test bad JSON).
+    """
+    import json
+
+    from PIL import Image
+
+    def write(records, images=(), name="data.jsonl", as_array=False, size=(20, 16)):
+        for i, image in enumerate(images):
+            path = tmp_path / image
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", size, ((60 * i) % 256, 100, 200)).save(path)
+        lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+        text = ("[\n" + ",\n".join(lines) + "\n]\n") if as_array else "\n".join(lines) + "\n"
+        (tmp_path / name).write_text(text)
+        return tmp_path / name
+    return write

@@ -1,0 +1,186 @@
+"""CogVLMModel: SAT's transformer with a LLaMA backbone (RMSNorm, SwiGLU, rotary) and the four mixins
+of the official checkpoints: `eva` (ViT + projector + boi/eoi), `mlp` and `rotary` (vision experts), `lm`."""
+import json
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from sat.model.base_model import BaseMixin, BaseModel
+from sat.ops.layernorm import RMSNorm
+
+from .attention import is_causal_mask
+from .checkpoint import CheckpointError, check_keys, load_state_dict, save_checkpoint, state_file
+from .config import OFFICIAL_ARCHIVES, PRESETS, load_model_config
+from .eva import ImageMixin
+from .sat_build import build_transformer
+from .vision_expert import VisionExpertAttentionMixin, VisionExpertMLPMixin
+
+
+class LMHeadMixin(BaseMixin):
+    """Mixin `lm`: the untied output projection to the vocabulary."""
+
+    def __init__(self, vocab_size: int, hidden_size: int):
+        super().__init__()
+        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)
+
+    def final_forward(self, logits, **kw_args):
+        return self.lm_head(logits)
+
+
+class CogVLMModel(BaseModel):
+    """Build with `CogVLMModel(CogVLMModel.get_args(**model_config))`, or load with `from_pretrained`.
+
+    forward(input_ids, position_ids, attention_mask, image_embed_mask=, vision_expert_mask=,
+            vision_image=, ..., kv_cache=None) -> [logits, *per-layer outputs], like every SAT model.
+    attention_mask: [b|1, 1, q, k] with 1 = may attend, or None for causal.
+    """
+
+    def __init__(self, args, transformer=None, params_dtype=torch.float, **kwargs):
+        if transformer is None:
+            transformer = build_transformer(args, params_dtype=params_dtype, layernorm=RMSNorm,
+                                            activation_func=F.silu, init_method_std=0.01, **kwargs)
+        super().__init__(args, transformer=transformer, params_dtype=params_dtype, **kwargs)
+        del self.transformer.position_embeddings  # rotary positions only
+        self.image_length = args.image_length
+        num_expert_layers = getattr(args, "num_vision_expert_layers", 32)
+        self.add_mixin("lm", LMHeadMixin(args.vocab_size, args.hidden_size))
+        self.add_mixin("eva", ImageMixin(args, params_dtype=params_dtype))
+        self.add_mixin("mlp", VisionExpertMLPMixin(args.hidden_size, args.inner_hidden_size, args.num_layers,
+                                                   num_expert_layers))
+        self.add_mixin("rotary", VisionExpertAttentionMixin(args.hidden_size, args.num_attention_heads,
+                                                            args.num_layers, num_expert_layers))
+        if not getattr(args, "skip_init", False) and torch.get_default_device().type != "meta":
+            self.init_new_weights()
+        self.args = args
+
+    def init_new_weights(self, std: float = 0.02):
+        """Random init for the mixins' own linears (SAT initialises only the transformer)."""
+        for name in ("lm", "mlp", "rotary"):
+            for p in self.mixins[name].parameters():
+                if p.dim() == 2:
+                    nn.init.normal_(p, std=std)
+        for p in self.mixins["eva"].linear_proj.parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=std)
+
+    def position_embedding_forward(self, *args, **kwargs):
+        return None
+
+    @classmethod
+    def add_model_specific_args(cls, parser):
+        group = parser.add_argument_group("CogVLM", "CogVLM configuration")
+        group.add_argument("--image_length", type=int, default=256)
+        group.add_argument("--eva_args", type=json.loads, default={})
+        group.add_argument("--num_vision_expert_layers", type=int, default=32)
+        group.add_argument("--bos-token-id", type=int, default=1)
+        group.add_argument("--eos-token-id", type=int, default=2)
+        group.add_argument("--pad-token-id", type=int, default=0)
+        return parser
+
+    def forward(self, input_ids, position_ids, attention_mask=None, image_embed_mask=None, vision_expert_mask=None,
+                **kwargs):
+        if input_ids.shape[1] == 1:  # a decode step: text token only, language weights (official behaviour)
+            image_embed_mask = vision_expert_mask = None
+        if kwargs.get("kv_cache") is None:
+            kwargs.pop("kv_cache", None)
+        causal = attention_mask is None or is_causal_mask(attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones(1, 1, device=input_ids.device)
+        return super().forward(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                               image_embed_mask=image_embed_mask, vision_expert_mask=vision_expert_mask,
+                               attention_is_causal=causal, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path_or_preset, args=None, overrides=None, iteration=None):
+        """(model, args) from a checkpoint directory or a preset name; see `from_pretrained` below."""
+        return from_pretrained(path_or_preset, args, overrides=overrides, iteration=iteration)
+
+    def model_config(self) -> dict:
+        """The official model_config.json content for this model."""
+        keys = ("model_class", "tokenizer_type", "text_processor_version", "num_layers", "hidden_size",
+                "num_attention_heads", "vocab_size", "layernorm_order", "model_parallel_size",
+                "max_sequence_length", "inner_hidden_size", "use_bias", "image_length", "eva_args",
+                "layernorm_epsilon", "num_vision_expert_layers")
+        config = {k: getattr(self.args, k) for k in keys if hasattr(self.args, k)}
+        config["model_class"] = "CogVLMModel"
+        return config
+
+    def save_pretrained(self, path, iteration=1, extra=None):
+        """Write this model in the official SAT layout (loadable by `from_pretrained`)."""
+        return save_checkpoint(self, path, self.model_config(), iteration=iteration, extra=extra)
+
+    def encode_images(self, vision_image, **vision_kwargs) -> torch.Tensor:
+        """[n_img, 3, H, W] -> projected image tokens [n_img, image_length, hidden] (pass as image_embeds=)."""
+        return self.mixins["eva"].encode_images(image=vision_image, **vision_kwargs)
+
+
+def _build_args(model_config: dict, args=None, overrides: Optional[dict] = None):
+    """SAT Namespace for `model_config`; architecture keys come from the config, run-time keys
+    (dtype, device, mode, ...) from `args` when given."""
+    built = CogVLMModel.get_args(**model_config)
+    if args is not None:
+        for k, v in vars(args).items():
+            if k not in model_config:
+                setattr(built, k, v)
+    for k, v in (overrides or {}).items():
+        setattr(built, k, v)
+    return built
+
+
+def from_pretrained(path_or_preset: str, args=None, overrides: Optional[dict] = None,
+                    iteration=None) -> Tuple["CogVLMModel", object]:
+    """Load a checkpoint directory in the official layout, or build a preset; returns (model, args).
+
+    `cogvlm-tiny` builds with random weights. The 17B presets must be downloaded first (nothing is
+    fetched here): unzip the official archive and pass its directory, or put it under $SAT_HOME.
+    """
+    path = Path(path_or_preset).expanduser()
+    if not path.is_dir():
+        name = str(path_or_preset)
+        if name in PRESETS:
+            home = Path(os.environ.get("SAT_HOME", Path.home() / ".sat_models")) / name
+            if home.is_dir():
+                path = home
+            elif name in OFFICIAL_ARCHIVES:
+                raise FileNotFoundError(
+                    f"{name} is not on this machine. Download {OFFICIAL_ARCHIVES[name]} (the official SAT "
+                    f"checkpoint), unzip it to {home} (or anywhere) and pass that directory.")
+            else:
+                model_args = _build_args(PRESETS[name].to_dict(), args, overrides)
+                return _place(CogVLMModel(model_args), model_args), model_args
+        else:
+            raise FileNotFoundError(f"{name}: neither a checkpoint directory nor a preset "
+                                    f"({', '.join(PRESETS)})")
+    model_config = load_model_config(str(path))
+    if model_config.get("model_class", "CogVLMModel") != "CogVLMModel":
+        raise CheckpointError(f"{path / 'model_config.json'}: model_class is {model_config['model_class']!r}, "
+                              "expected 'CogVLMModel'")
+    model_args = _build_args(model_config, args, overrides)
+    state = load_state_dict(path, iteration)
+    with torch.device("meta"):
+        model = CogVLMModel(model_args)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    check_keys(expected, state, f"{state_file(path, iteration)}")
+    model.load_state_dict(state, strict=False, assign=True)
+    rotary = model.mixins["rotary"].rotary_emb
+    if rotary.inv_freq.is_meta:
+        rotary.inv_freq = rotary.compute_inv_freq()
+    return _place(model, model_args), model_args
+
+
+def _place(model: "CogVLMModel", args) -> "CogVLMModel":
+    """Cast to the run's dtype and move to its device (SAT's `bf16`/`fp16`/`device` args)."""
+    if getattr(args, "bf16", False):
+        model = model.bfloat16()
+    elif getattr(args, "fp16", False):
+        model = model.half()
+    else:
+        model = model.float()
+    device = getattr(args, "device", "cpu")
+    if device not in (None, "cpu", -1) and torch.cuda.is_available():
+        model = model.to(torch.device("cuda", device) if isinstance(device, int) else device)
+    return model
+
