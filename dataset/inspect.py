@@ -1,0 +1,155 @@
+"""`python -m dataset.inspect DATA --image-root DIR`: check a data file before training.
+
+Prints record and image counts, a token-length histogram (what max_length would cut), one sample's
+training text with its trained parts between ⟦ ⟧, and every problem with file and line.
+Exit status 0 when clean, 1 when any problem was found.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional, Sequence
+
+from tqdm import tqdm
+
+from .image_processor import DEFAULT_MAX_PIXELS, load_image
+from .item_dataset import ItemDataset
+from .records import DatasetError, Problem
+from .text_processor import IGNORE_INDEX, TEMPLATES, Encoded, TextProcessor
+
+OPEN, CLOSE = "⟦", "⟧"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.config import get_preset
+    tiny = get_preset("cogvlm-tiny")
+    p = argparse.ArgumentParser(prog="python -m dataset.inspect", description=__doc__.split("\n\n")[0])
+    p.add_argument("data", nargs="+", help="JSON array or JSONL file(s) of conversation records")
+    p.add_argument("--image-root", default=None, help="folder image paths are relative to (default: the data file's)")
+    p.add_argument("--tokenizer", default="tiny", help="tokenizer.model, a folder holding one, or 'tiny' (default)")
+    p.add_argument("--strict", action="store_true", help="stop at the first problem")
+    p.add_argument("--max-length", type=int, default=2048, help="training max_length in tokens (default 2048)")
+    p.add_argument("--template", default="chat_old", choices=sorted(TEMPLATES))
+    p.add_argument("--image-length", type=int, default=tiny.image_length,
+                   help=f"tokens per image (default {tiny.image_length}, cogvlm-tiny; 1225 for 490 px)")
+    p.add_argument("--loss-on", default="all", choices=("all", "last"))
+    p.add_argument("--show", type=int, default=0, help="index of the sample whose training text is shown")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding images (only check they exist)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression bomb limit")
+    return p
+
+
+def histogram(lengths: Sequence[int], max_length: int, bins: int = 10, width: int = 40) -> List[str]:
+    """Text histogram of token lengths, equal-width bins; bins past max_length are flagged."""
+    lo, hi = min(lengths), max(lengths)
+    step = max(1, -(-(hi - lo + 1) // bins))
+    counts = [0] * (-(-(hi - lo + 1) // step))
+    for n in lengths:
+        counts[(n - lo) // step] += 1
+    top = max(counts)
+    lines = []
+    for i, c in enumerate(counts):
+        a, b = lo + i * step, lo + (i + 1) * step - 1
+        flag = "  > max_length" if b > max_length else ""
+        lines.append(f"  {a:>7}-{b:<7} {c:>7} {'#' * max(1 if c else 0, round(width * c / top))}{flag}")
+    return lines
+
+
+def render(enc: Encoded, tokenizer) -> str:
+    """Training text: image spans as <image: n tokens>, BOS/EOS by name, trained parts in ⟦ ⟧."""
+    specials = {tokenizer.bos_token_id: "<s>", tokenizer.eos_token_id: "</s>"}
+    span_end = dict(enc.image_spans)  # BOI index -> EOI index
+    out, i = [], 0
+    while i < len(enc):
+        if i in span_end:
+            out.append(f"<image: {span_end[i] - i + 1} tokens>")
+            i = span_end[i] + 1
+            continue
+        trained, j = enc.labels[i] != IGNORE_INDEX, i
+        while j < len(enc) and j not in span_end and (enc.labels[j] != IGNORE_INDEX) == trained:
+            j += 1
+        text = _decode(enc.input_ids[i:j], tokenizer, specials)
+        out.append(f"{OPEN}{text}{CLOSE}" if trained else text)
+        i = j
+    return " ".join(out)
+
+
+def _decode(ids: Sequence[int], tokenizer, specials) -> str:
+    """Decode text runs, naming special tokens instead of dropping them."""
+    parts, run = [], []
+    for t in list(ids) + [None]:
+        if t is None or t in specials:
+            if run:
+                parts.append(tokenizer.decode(run))
+                run = []
+            if t is not None:
+                parts.append(specials[t])
+        else:
+            run.append(t)
+    return " ".join(parts)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from models.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(args.tokenizer)
+    full = TextProcessor(tokenizer, max_length=None, image_length=args.image_length, template=args.template,
+                         loss_on=args.loss_on)
+    fitted = TextProcessor(tokenizer, max_length=args.max_length, image_length=args.image_length,
+                           template=args.template, loss_on=args.loss_on)
+    logging.getLogger("cogcot.dataset").setLevel(logging.ERROR)  # we print every problem ourselves
+    try:
+        ds = ItemDataset(None, full, None, args.data, image_root=args.image_root, strict=args.strict,
+                         max_pixels=args.max_pixels, allow_empty=True)
+        problems: List[Problem] = list(ds.problems)
+        lengths, cut, samples = [], 0, []
+        big = len(ds) > 1000
+        for rec in tqdm(ds.data, desc="tokenising", disable=not big, file=sys.stderr):
+            where = rec.problem("")
+            lengths.append(len(full.encode(rec.turns, where)))
+            try:
+                samples.append(fitted.encode(rec.turns, where))
+                cut += samples[-1].truncated > 0
+            except DatasetError as e:
+                samples.append(None)
+                _note(problems, e.problem, args.strict)
+        n_images, bad_images = sum(len(r.images) for r in ds.data), 0
+        if not args.no_decode:
+            for rec in tqdm(ds.data, desc="decoding images", disable=not big, file=sys.stderr):
+                for path in rec.images:
+                    try:
+                        load_image(path, args.max_pixels, rec.problem(""))
+                    except DatasetError as e:
+                        bad_images += 1
+                        _note(problems, e.problem, args.strict)
+    except DatasetError as e:  # strict mode, or a data file that does not exist
+        print(f"problem: {e}")
+        return 1
+
+    print(f"records: {ds.num_read} read, {len(ds)} parsed, {len(ds.problems)} rejected at load")
+    print(f"images: {n_images} referenced by parsed records" +
+          ("" if args.no_decode else f", {n_images - bad_images} decoded, {bad_images} unreadable"))
+    if lengths:
+        over = sum(n > args.max_length for n in lengths)
+        print(f"tokens per sample (image spans included, image_length {args.image_length}): "
+              f"min {min(lengths)}, mean {sum(lengths) / len(lengths):.1f}, max {max(lengths)}")
+        print("\n".join(histogram(lengths, args.max_length)))
+        print(f"max_length {args.max_length} cuts {over} sample(s): {cut} truncated, {over - cut} cannot fit")
+        show = min(max(args.show, 0), len(samples) - 1)
+        if samples[show] is not None:
+            print(f"\nsample {show} ({ds.data[show].id}) as trained, {OPEN}trained{CLOSE}:\n{render(samples[show], tokenizer)}")
+    print(f"\n{len(problems)} problem(s)" + (":" if problems else ""))
+    for p in problems:
+        print(f"  {p}")
+    return 1 if problems else 0
+
+
+def _note(problems: List[Problem], problem: Problem, strict: bool) -> None:
+    if strict:
+        raise DatasetError(problem)
+    problems.append(problem)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

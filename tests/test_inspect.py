@@ -1,0 +1,60 @@
+"""`python -m dataset.inspect`: counts, histogram, the marked training text, problems, exit codes."""
+import runpy
+import sys
+
+import pytest
+
+from dataset.inspect import main
+
+
+def conv(rid, image="a.png", answer="two circles"):
+    return {"id": rid, "image": image, "conversations": [
+        {"from": "human", "value": "<image>\nHow many circles?"}, {"from": "gpt", "value": answer}]}
+
+
+def args(path, tok, *extra):
+    return [str(path), "--tokenizer", tok.model_file, "--image-length", "4", *extra]
+
+
+def test_clean_data_exits_0_and_shows_the_trained_text(tiny_tokenizer, write_records, capsys):
+    path = write_records([conv("r1"), conv("r2", image="b.png", answer="red")], images=("a.png", "b.png"))
+    assert main(args(path, tiny_tokenizer)) == 0
+    out = capsys.readouterr().out
+    assert "records: 2 read, 2 parsed" in out and "2 decoded, 0 unreadable" in out
+    assert "<s> <image: 6 tokens> Question: How many circles? Answer: ⟦two circles </s>⟧" in out
+    assert "0 problem(s)" in out
+
+
+def test_problems_exit_1_with_file_and_line(tiny_tokenizer, write_records, tmp_path, capsys):
+    path = write_records([conv("r1"), "{oops", conv("r3", image="gone.png"), conv("r4", image="bad.png")],
+                         images=("a.png",))
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    assert main(args(path, tiny_tokenizer)) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:2: bad JSON line" in out
+    assert f"{path}:3 [id r3]: missing image" in out
+    assert f"{path}:4 [id r4]: image {tmp_path / 'bad.png'}: not a readable image" in out
+    assert "3 problem(s)" in out
+    assert main(args(path, tiny_tokenizer, "--strict")) == 1  # stops at the first one
+    assert "problem: " in capsys.readouterr().out
+
+
+def test_max_length_report(tiny_tokenizer, write_records, capsys):
+    path = write_records([conv("short", answer="red"), conv("long", answer="red " * 40)], images=("a.png",))
+    # BOS + image span (6) + question ~10 tokens fits in 24; the long answer gets truncated.
+    assert main(args(path, tiny_tokenizer, "--max-length", "24")) == 0
+    out = capsys.readouterr().out
+    assert "max_length 24 cuts 1 sample(s): 1 truncated, 0 cannot fit" in out and "> max_length" in out
+    assert main(args(path, tiny_tokenizer, "--max-length", "6")) == 1  # the image span cannot fit
+    assert "truncating would cut an image span" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+def test_runs_as_a_module_with_the_default_tokenizer(write_records, monkeypatch, capsys):
+    """`python -m dataset.inspect` (run in-process: a subprocess would pay the SAT import again)."""
+    path = write_records([conv("r1", image="missing.png")])
+    monkeypatch.setattr(sys, "argv", ["inspect", str(path), "--image-length", "4"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("dataset.inspect", run_name="__main__")
+    assert exit_info.value.code == 1
+    assert f"{path}:1 [id r1]: missing image" in capsys.readouterr().out
