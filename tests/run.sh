@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . ./setup_env.sh
-exec python -m pytest tests "$@"
+exec python -m pytest "$@"
