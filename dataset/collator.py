@@ -22,8 +22,8 @@ def attention_mask_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
     Padding rows see earlier padding (never an empty row, which would give NaNs in softmax);
     real tokens never see padding or another packed sample.
     """
-    n = segment_ids.shape[1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=segment_ids.device).tril_()  # [n, n]
+    pos = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+    causal = pos[:, None] >= pos[None, :]  # [n, n], True on and below the diagonal
     same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, n, n]
     return (same & causal).unsqueeze(1)  # [B, n, n] -> [B, 1, n, n]
 

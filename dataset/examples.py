@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .item_dataset import ItemDataset
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from dataset import ItemDataset
 
 
 class FolderLabelDataset(ItemDataset):
@@ -15,7 +13,7 @@ class FolderLabelDataset(ItemDataset):
     prompt = "CAPTCHA:"
 
     def load_data(self, data_path):
-        names = sorted(f for f in os.listdir(data_path) if f.lower().endswith(IMAGE_SUFFIXES))
+        names = sorted(f for f in os.listdir(data_path) if f.lower().endswith((".png", ".jpg", ".jpeg")))
         return [os.path.join(data_path, f) for f in names]
 
     def __getitem__(self, index):

@@ -63,7 +63,7 @@ def iter_json_objects(path: str) -> Iterator[Tuple[int, Union[object, Problem]]]
 
     A broken JSONL line costs only that line; a broken JSON array stops the file (no way to resync).
     """
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
         text = f.read()
     start = len(text) - len(text.lstrip())
     if text[start:start + 1] == "[":
