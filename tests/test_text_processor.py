@@ -164,3 +164,11 @@ def test_system_turn_is_context_and_bad_arguments(tiny_tokenizer):
         TextProcessor(tiny_tokenizer, max_length=10)
     with pytest.raises(ValueError, match="template"):
         TextProcessor(tiny_tokenizer, image_length=L, template="llava")
+
+
+def test_written_out_eoi_prompt_is_accepted_like_the_official(tiny_tokenizer):
+    """A prompt that already holds <EOI> is used as written (how the official code passes history)."""
+    tp = TextProcessor(tiny_tokenizer, max_length=200, image_length=L)
+    assert as_lists(tp("yes", "<EOI>Question: Is it red? Answer:")) == as_lists(tp("yes", "Is it red?"))
+    two = tp("yes", "<EOI>Question: left <EOI> right? Answer:")
+    assert two["num_images"] == 2 and sum(two["image_rope_mask"].tolist()) == 2 * L
