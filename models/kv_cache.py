@@ -97,10 +97,11 @@ class SharedPrefixKVCache:
         ks, vs = self.suffix.append(layer_id, k, v)  # [n, h, T, d], T includes the new tokens
         kp, vp = self.prefix.keys[layer_id], self.prefix.values[layer_id]  # [1, h, P, d]
         scale = d ** -0.5
+        acc = torch.promote_types(q.dtype, torch.float32)  # softmax in float32 at least (float64 stays float64)
         q_folded = q.permute(1, 0, 2, 3).reshape(1, h, n * sq, d)  # rows folded into the query axis
-        scores_p = (q_folded @ kp.transpose(-1, -2)).float() * scale  # [1, h, n*sq, P]
+        scores_p = (q_folded @ kp.transpose(-1, -2)).to(acc) * scale  # [1, h, n*sq, P]
         scores_p = scores_p.reshape(h, n, sq, -1).permute(1, 0, 2, 3)  # [n, h, sq, P]
-        scores_s = (q @ ks.transpose(-1, -2)).float() * scale  # [n, h, sq, T]
+        scores_s = (q @ ks.transpose(-1, -2)).to(acc) * scale  # [n, h, sq, T]
         if sq > 1:
             scores_s = scores_s.masked_fill(~offset_causal_mask(sq, ks.shape[2], q.device), float("-inf"))
         probs = torch.softmax(torch.cat((scores_p, scores_s), dim=-1), dim=-1).to(q.dtype)
