@@ -1,1 +1,16 @@
-"""cogcot inference package."""
+"""cogcot inference: chat with a KV cache, the CLI demo, LLaVA-CoT staged search, judges, evaluation.
+
+    from inference import Chat, SamplingOptions, StagedSearch, SearchOptions, evaluate
+"""
+from .chat import Chat, ContextTooLong
+from .evaluate import evaluate, extract_conclusion, match_option
+from .generation import ForwardCounter, StopCriteria
+from .judges import ApiJudge, Judge, LogprobJudge, SelfJudge, Verdict, make_judge, parse_verdict
+from .options import DEFAULT_STAGES, GREEDY, SamplingOptions, SearchOptions, StageSpec
+from .prompt import Prompt, build_prompt
+from .search import JudgmentLog, SearchResult, StagedSearch
+
+__all__ = ["Chat", "ContextTooLong", "evaluate", "extract_conclusion", "match_option", "ForwardCounter",
+           "StopCriteria", "ApiJudge", "Judge", "LogprobJudge", "SelfJudge", "Verdict", "make_judge",
+           "parse_verdict", "DEFAULT_STAGES", "GREEDY", "SamplingOptions", "SearchOptions", "StageSpec", "Prompt",
+           "build_prompt", "JudgmentLog", "SearchResult", "StagedSearch"]

@@ -32,6 +32,29 @@ def tiny_model(tiny_config):
 
 
 @pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread (many tiny ops: on a busy 2-core machine two OpenMP threads
+    spin against each other and a tiny forward is ~40x slower); restores the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm():
+    """(model, tokenizer) for the inference tests: a seeded random cogvlm-tiny in float64 (so batched and
+    one-row decoding agree to ~1e-15 and sampled tokens match exactly), eval mode, with its tokenizer.
+    Shared by the session: tests must not change it."""
+    from models.cogvlm import CogVLMModel
+    from models.tokenizer import tokenizer_for
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        model, args = CogVLMModel.from_pretrained("cogvlm-tiny")
+    return model.double().eval(), tokenizer_for("cogvlm-tiny", args.tokenizer_type)
+
+
+@pytest.fixture
 def image_batch(tiny_config):
     """Builds model inputs for `[BOS][BOI][IMG]xL[EOI] text` prompts, the official v1.1 layout."""
     from tests.helpers import image_prompt_inputs

@@ -1,0 +1,181 @@
+"""Chat with a CogVLM checkpoint in the terminal (the official cli_demo, with staged search).
+
+    python -m inference.cli_demo --from_pretrained PATH_OR_PRESET [--tokenizer PATH] [--template chat_old]
+                                 [--stage-search N] [--judge self|logprob|api]
+
+Enter an image path (empty: no image), then questions. `clear` starts over with a new image, `stop`
+quits (end of input too). With `--stage-search N` every answer comes from LLaVA-CoT staged search with
+N candidates per stage, and each stage is shown as it is chosen.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from .options import REFERENCE_SAMPLING, SEARCH_MODES, SamplingOptions, SearchOptions
+from .prompt import TEMPLATES
+
+WELCOME = ('Welcome to the cogcot CLI. Enter an image path to load an image, then ask questions. '
+           'Type "clear" to start over, or "stop" to end the program.')
+
+
+# ----------------------------------------------------------------------------- shared with evaluate
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--from_pretrained", "--from-pretrained", dest="from_pretrained", default="cogvlm-tiny",
+                   help="checkpoint directory (official SAT layout) or preset name (cogvlm-tiny = random weights)")
+    g.add_argument("--tokenizer", "--local_tokenizer", dest="tokenizer", default=None,
+                   help="sentencepiece tokenizer.model (default: the checkpoint's, or the tiny one)")
+    g.add_argument("--template", default=None, choices=sorted(TEMPLATES),
+                   help="prompt template (default: the checkpoint's text_processor_version, else chat_old)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--fp16", action="store_true")
+    g.add_argument("--model-seed", type=int, default=0, help="torch seed before building (random presets)")
+
+
+def add_search_args(p: argparse.ArgumentParser, n_flag: str = "--stage-search", judge: str = "self") -> None:
+    g = p.add_argument_group("staged search")
+    if n_flag == "--n":
+        g.add_argument("--n", type=int, default=4, help="candidates per step (search modes)")
+    else:
+        g.add_argument("--stage-search", type=int, default=0, metavar="N",
+                       help="answer with staged search, N candidates per stage (0: plain chat)")
+        g.add_argument("--search-mode", default="stage", choices=SEARCH_MODES)
+    g.add_argument("--judge", default=judge, choices=("self", "logprob", "api"))
+    g.add_argument("--reference", action="store_true",
+                   help="run the search like the reference code (sequential, full re-encode): for comparison")
+    g.add_argument("--max-stage-tokens", type=int, default=256, help="cap on one candidate of one step")
+    g.add_argument("--judge-max-tokens", type=int, default=128, help="cap on a self-judge verdict")
+    g.add_argument("--judge-log", default=None, help="append every judgment to this JSONL file")
+    g.add_argument("--api-base", default=None, help="OpenAI-compatible base URL for --judge api (…/v1)")
+    g.add_argument("--api-model", default=None, help="model name for --judge api")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    g.add_argument("--api-timeout", type=float, default=60.0)
+    g.add_argument("--api-retries", type=int, default=3)
+
+
+def load_model(args):
+    """(model, tokenizer, template) from the model arguments; raises with a message on a bad checkpoint."""
+    from models.cogvlm import CogVLMModel
+    from models.tokenizer import tokenizer_for
+    torch.manual_seed(args.model_seed)
+    run_args = argparse.Namespace(device=args.device, bf16=args.bf16, fp16=args.fp16, mode="inference")
+    model, model_args = CogVLMModel.from_pretrained(args.from_pretrained, args=run_args)
+    model.eval()
+    tokenizer = tokenizer_for(args.from_pretrained, getattr(model_args, "tokenizer_type", None), args.tokenizer)
+    template = args.template or getattr(model_args, "text_processor_version", None) or "chat_old"
+    if template not in TEMPLATES:
+        template = "chat_old"
+    return model, tokenizer, template
+
+
+def judge_from_args(args):
+    from .judges import make_judge
+    if args.judge != "api":
+        return args.judge
+    return make_judge("api", base_url=args.api_base, model=args.api_model, api_key_env=args.api_key_env,
+                      timeout=args.api_timeout, retries=args.api_retries)
+
+
+def search_options_from_args(args, n: Optional[int] = None, mode: Optional[str] = None) -> SearchOptions:
+    return SearchOptions(mode=mode or getattr(args, "search_mode", "stage"), n=n or getattr(args, "n", 4),
+                         max_step_tokens=args.max_stage_tokens, reference=args.reference,
+                         seed=getattr(args, "seed", None) or 0)
+
+
+# ----------------------------------------------------------------------------- the demo
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m inference.cli_demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("sampling (plain chat; official demo defaults)")
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=0.4)
+    g.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=1)
+    g.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=512)
+    g.add_argument("--seed", type=int, default=None)
+    add_search_args(p)
+    return p
+
+
+def _read(prompt: str) -> Optional[str]:
+    try:
+        return input(prompt).strip()
+    except EOFError:
+        print()
+        return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from models.checkpoint import CheckpointError
+    from .chat import Chat, ContextTooLong
+    from .image import ImageLoadError
+    from .judges import JudgeError
+    from .search import StagedSearch
+    try:
+        model, tokenizer, template = load_model(args)
+        judge = judge_from_args(args) if args.stage_search else None
+    except (OSError, ValueError, RuntimeError, CheckpointError) as e:
+        print(f"error: cannot load {args.from_pretrained}: {e}", file=sys.stderr)
+        return 1
+    if args.from_pretrained == "cogvlm-tiny":
+        print("[note] cogvlm-tiny is a random-weight preset: expect garbage answers.")
+    print(f"[template] {template}")
+    options = SamplingOptions(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+    chat = Chat(model, tokenizer, template=template, options=options)
+    search = None
+    if args.stage_search:
+        search = StagedSearch(model, tokenizer, judge=judge, template=template, log=args.judge_log,
+                              options=search_options_from_args(args, n=args.stage_search),
+                              judge_sampling=REFERENCE_SAMPLING.replace(max_new_tokens=args.judge_max_tokens))
+        print(f"[staged search] {args.search_mode}, {args.stage_search} candidates per step, judge {search.judge.name}"
+              + (", reference procedure" if args.reference else ""))
+    print(WELCOME)
+    with torch.no_grad():
+        while True:
+            path = _read("Please enter the image path: ")
+            if path is None or path == "stop":
+                return 0
+            if path == "clear":
+                continue
+            try:
+                chat.clear(path or None)
+            except ImageLoadError as e:
+                print(f"error: {e}")
+                continue
+            if not path:
+                print("(no image: text-only chat)")
+            while True:
+                query = _read("User: ")
+                if query is None or query == "stop":
+                    return 0
+                if query == "clear":
+                    break
+                if not query:
+                    continue
+                try:
+                    if search is not None:
+                        print("Model (staged search):")
+                        result = search(chat.image, query, chat.history,
+                                        on_step=lambda st: print(f"  [{st.name}] {st.text.strip()}", flush=True))
+                        print("Model: " + result.text)
+                        chat.history.append((query, result.text))
+                    else:
+                        print("Model: ", end="", flush=True)
+                        for piece in chat.stream(query):
+                            print(piece, end="", flush=True)
+                        print()
+                except (ContextTooLong, JudgeError) as e:
+                    print(f"\nerror: {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Images for inference: open a path (or take a PIL image) and make the ViT's pixel tensor.
+
+The pixels come from `dataset.ImageProcessor`, the processor training uses (bicubic resize, CLIP
+mean/std), so a model sees the same numbers at inference as in training.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+from typing import Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+
+from dataset.image_processor import ImageProcessor
+
+ImageLike = Union[str, os.PathLike, Image.Image]
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be used, with the reason (missing file, not an image, ...)."""
+
+
+def open_image(image: ImageLike) -> Image.Image:
+    """An RGB PIL image from a path or a PIL image; ImageLoadError says what is wrong."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = os.fspath(image)
+    if not os.path.isfile(path):
+        raise ImageLoadError(f"image {path}: no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(f"image {path}: not a readable image ({e})") from None
+
+
+def image_from_base64(data: str) -> Image.Image:
+    """A VLMEvalKit TSV cell (base64 of the encoded file) as an RGB image."""
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise ImageLoadError(f"not a base64-encoded image ({e})") from None
+
+
+def image_size_of(args) -> Tuple[int, int]:
+    """(height, width) of the ViT input, from the model's args (`eva_args.image_size`)."""
+    eva = args.eva_args if isinstance(args.eva_args, dict) else vars(args.eva_args)
+    size = eva["image_size"]
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
+
+
+class Pixels:
+    """PIL images -> the ViT's float tensor [n, 3, H, W] on the model's device and dtype."""
+
+    def __init__(self, image_size: Union[int, Sequence[int]], device=None, dtype=torch.float32):
+        self.processor = ImageProcessor(image_size if isinstance(image_size, int) else tuple(image_size))
+        self.device, self.dtype = device, dtype
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        x = torch.stack([self.processor(img) for img in images])
+        return x.to(device=self.device, dtype=self.dtype)
+
+
+def model_device_dtype(model) -> Tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype

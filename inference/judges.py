@@ -1,0 +1,331 @@
+"""Pairwise judges for staged search: which of two candidates is better.
+
+- `LogprobJudge` ("logprob"): the higher mean token log-probability under the model wins (recorded
+  while sampling, so it costs no forward pass).
+- `SelfJudge` ("self"): the model itself answers the LLaVA-CoT judge prompts (stage-specific, "Since
+  [reason], I choose response [1/2]."), with the extra correct/incorrect check of the reasoning stage.
+- `ApiJudge` ("api"): the same prompts sent to an OpenAI-compatible chat endpoint.
+
+A verdict that cannot be parsed (a small or untrained model writes anything) falls back, always the
+same way, to the mean log-probability comparison; the fallback is logged and marked in the verdict.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+from .options import StageSpec, derive_seed
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class Candidate:
+    """One candidate continuation of a search step."""
+    index: int
+    tokens: List[int]
+    text: str  # this step's text
+    answer_text: str  # the answer so far with this candidate appended (what the reference judges)
+    finish: str
+    logprobs: List[float] = field(default_factory=list)
+    row: object = None  # the generation row (cache for commit in the fast mode)
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("-inf")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """winner: 0 = the first candidate of the pair, 1 = the second."""
+    winner: int
+    reason: str
+    raw: str = ""
+    fallback: bool = False
+
+
+@dataclass
+class Match:
+    """What a judge may use for one judgment. `ask(query, with_image, seed)` runs the searched model on
+    a judge prompt (reusing its cached image prefix in the fast mode) and returns the text."""
+    question: str
+    kind: str  # summary | caption | reasoning | conclusion | all | sentence | a custom stage name, lower case
+    stage: Optional[StageSpec]
+    stages: Sequence[StageSpec]
+    previous: str  # the answer text before this step
+    seed: int
+    image: object = None  # the PIL image (for the api judge)
+    ask: Optional[Callable[[str, bool, int], str]] = None
+
+
+class Judge:
+    name = "judge"
+
+    def __call__(self, match: Match, a: Candidate, b: Candidate) -> Verdict:
+        raise NotImplementedError
+
+
+class LogprobJudge(Judge):
+    """Keeps the candidate with the higher mean token log-probability (ties: the first)."""
+    name = "logprob"
+
+    def __call__(self, match: Match, a: Candidate, b: Candidate) -> Verdict:
+        return logprob_verdict(a, b)
+
+
+def logprob_verdict(a: Candidate, b: Candidate, prefix: str = "", raw: str = "", fallback: bool = False) -> Verdict:
+    la, lb = a.mean_logprob, b.mean_logprob
+    return Verdict(0 if la >= lb else 1, f"{prefix}mean log-prob {la:.4f} vs {lb:.4f}", raw, fallback)
+
+
+# ----------------------------------------------------------------------------- the LLaVA-CoT judge prompts
+
+_INTRO = "Now you act as a judge, helping me determine which of the two texts I provide "
+PROMPTS = {  # kind -> (what "better" means, the reminder after the responses)
+    "all": ("better answers the question.", ""),
+    "sentence": ("is a better next sentence for the answer to the question.", ""),
+    "summary": (
+        "better provides a summary of what it should do to solve the question. The summary should focus on "
+        "outlining the main approach instead of stating specific analytical reasoning or math formula.",
+        "Please note that a better summary should focus on outlining the main approach instead of stating "
+        "specific analytical reasoning or math formula."),
+    "caption": (
+        "better summarizes the information in the image related to the question, and has fewer errors. It is "
+        "essential that the captions are as thorough as possible while remaining accurate, capturing as many "
+        "details as possible rather than providing only general commentary.",
+        "Please note that a better caption should be as thorough as possible while remaining accurate, capturing "
+        "as many details as possible rather than providing only general commentary."),
+    "reasoning": (
+        "better explains the reasoning process to solve the question, and has fewer errors. Begin by thoroughly "
+        "reviewing the question, followed by an in-depth examination of each answer individually, noting any "
+        "differences. Subsequently, analyze these differences to determine which response demonstrates "
+        "stronger reasoning and provide a clear conclusion.",
+        "Begin by thoroughly reviewing the question, followed by an in-depth examination of each answer "
+        "individually, noting any differences. Subsequently, analyze these differences to determine which "
+        "response demonstrates stronger reasoning and provide a clear conclusion."),
+    "conclusion": (
+        "offers a more effective conclusion to the question. The conclusion should align with the reasoning "
+        "presented in the hint. The conclusion should never refuse to answer the question.",
+        "Please note that a better conclusion should align with the reasoning presented in the hint. The "
+        "conclusion should never refuse to answer the question."),
+}
+_FORMAT = (" Please strictly follow the following format requirements when outputting, and don't have any other "
+           "unnecessary words.\n\nOutput format: \"Since [reason], I choose response [1/2].\"")
+REASONING_CHECK = (
+    "Now you act as a judge, helping me determine whether the reasoning process in the given text is correct and "
+    "accurate based on the given information.\nYou should assume that the given information about the image is "
+    "correct.\nYou should only consider the reasoning process itself, not the correctness of the background "
+    "information.\nIf the reasoning process involves any calculations, you should verify the accuracy of the "
+    "calculations.\nYou should output 'correct' if you don't find any errors in the reasoning process, and "
+    "'incorrect' if you find any errors.")
+# Hints per stage kind, as in the reference: the caption for reasoning, caption + reasoning for the conclusion.
+_HINTS = {"reasoning": ("CAPTION",), "conclusion": ("CAPTION", "REASONING")}
+
+
+def tag_content(text: str, stage: StageSpec) -> Optional[str]:
+    """The text between the stage's tags (to the end when the end tag is missing), None without a start tag."""
+    m = re.search(re.escape(stage.start) + r"(.*?)" + re.escape(stage.end), text, re.DOTALL)
+    if m:
+        return m.group(1)
+    i = text.find(stage.start)
+    return text[i + len(stage.start):] if i >= 0 else None
+
+
+def judged_texts(match: Match, a: Candidate, b: Candidate) -> Tuple[List[str], Optional[str]]:
+    """The two texts a prompt judge compares and the hint, following the reference judge."""
+    if match.kind == "all":
+        return [a.answer_text, b.answer_text], None
+    if match.kind == "sentence":
+        return [a.text.strip(), b.text.strip()], (match.previous.strip() or None)
+    stage = match.stage
+    outs = []
+    for c in (a, b):
+        content = tag_content(c.answer_text, stage) if stage is not None else None
+        outs.append((content if content is not None else c.text).strip())
+    by_name = {s.name: s for s in match.stages}
+    hint_parts = [tag_content(match.previous, by_name[n]) for n in _HINTS.get(match.kind, ()) if n in by_name]
+    hint = "".join(p for p in hint_parts if p) or None
+    return outs, hint
+
+
+def judge_query(match: Match, outputs: Sequence[str], hint: Optional[str]) -> str:
+    """The comparison prompt of the reference judge (its head, intro + question, is the same for every
+    match of a step: the fast search reuses its cache)."""
+    better, recall = PROMPTS.get(match.kind, (
+        f"is a better {match.kind} for the answer to the question.", ""))
+    head = _INTRO + better + f"\n\nQuestion: {match.question}"
+    tail = f"\n\nHint about the Question: {hint}" if hint else ""
+    for i, out in enumerate(outputs):
+        tail += f"\nResponse {i + 1}: {out}"
+    tail += f"\n\n{recall}" + _FORMAT
+    return head + tail
+
+
+def reasoning_check_query(hint: Optional[str], reasoning: str) -> str:
+    return REASONING_CHECK + f"\n\nGiven Information: {hint}" + f"\n\nReasoning Process: {reasoning}"
+
+
+_CHOICE = re.compile(r"choose\s+(?:the\s+)?(?:response|answer|text|option)?\s*\[?\s*#?\s*([12])(?![0-9])", re.I)
+_MENTION = re.compile(r"(?:response|text)\s*\[?\s*#?\s*([12])(?![0-9])", re.I)
+_REASON = re.compile(r"since\s+(.*?)\s*,?\s*I\s+choose", re.I | re.S)
+
+
+def parse_verdict(text: str) -> Tuple[Optional[int], str]:
+    """(0 for response 1, 1 for response 2, or None when unclear; the reason) from a judge's output.
+
+    Accepts the asked format ("Since ..., I choose response 2."), "I choose 1", a lone mention of one
+    response, or a bare "1"/"2"; anything else is unclear.
+    """
+    m = list(_CHOICE.finditer(text))
+    reason = _REASON.search(text)
+    reason = reason.group(1).strip() if reason else text.strip()[:300]
+    if m:
+        return int(m[-1].group(1)) - 1, reason
+    mentioned = {g for g in _MENTION.findall(text)}
+    if len(mentioned) == 1:
+        return int(mentioned.pop()) - 1, reason
+    bare = text.strip().strip(".").strip()
+    if bare in ("1", "2"):
+        return int(bare) - 1, reason
+    return None, reason
+
+
+def is_incorrect(text: str) -> bool:
+    """The reasoning check's answer: 'incorrect' anywhere (as the reference tests it), case-insensitive."""
+    return re.search(r"incorrect", text, re.I) is not None
+
+
+class JudgeError(RuntimeError):
+    """A judge backend failed (e.g. the API after all retries)."""
+
+
+class PromptJudge(Judge):
+    """Judges by asking a model the LLaVA-CoT judge prompts; subclasses say how a prompt is answered."""
+
+    def ask(self, match: Match, query: str, with_image: bool, seed: int) -> str:
+        raise NotImplementedError
+
+    def __call__(self, match: Match, a: Candidate, b: Candidate) -> Verdict:
+        outputs, hint = judged_texts(match, a, b)
+        try:
+            if match.kind == "reasoning":
+                for k, (cand, out) in enumerate(zip((a, b), outputs)):
+                    # seeded per candidate: the same check gives the same answer in every match
+                    check = self.ask(match, reasoning_check_query(hint, out), False,
+                                     derive_seed(match.seed, "check", cand.index))
+                    if is_incorrect(check):
+                        return Verdict(1 - k, f"response {k + 1} was judged incorrect", check)
+            raw = self.ask(match, judge_query(match, outputs, hint), True, derive_seed(match.seed, "judge"))
+        except JudgeError as e:
+            log.warning("%s judge failed (%s); falling back to mean log-prob", self.name, e)
+            return logprob_verdict(a, b, f"{self.name} judge failed ({e}); fell back to ", "", True)
+        winner, reason = parse_verdict(raw)
+        if winner is None:
+            log.info("%s judge verdict unclear (%r); falling back to mean log-prob", self.name, raw[:80])
+            return logprob_verdict(a, b, "verdict unclear; fell back to ", raw, True)
+        return Verdict(winner, reason, raw)
+
+
+class SelfJudge(PromptJudge):
+    """The searched model judges its own candidates (prompts run through `match.ask`)."""
+    name = "self"
+
+    def ask(self, match: Match, query: str, with_image: bool, seed: int) -> str:
+        if match.ask is None:
+            raise JudgeError("the self judge needs the search to provide the model (match.ask)")
+        return match.ask(query, with_image, seed)
+
+
+class ApiJudge(PromptJudge):
+    """An OpenAI-compatible chat-completions endpoint answers the judge prompts.
+
+    base_url: e.g. "https://api.openai.com/v1" (POST {base_url}/chat/completions); model: the model name;
+    the key is read from the environment variable `api_key_env` (no header when unset, for local servers).
+    Each request waits at most `timeout` seconds; transport errors, 429 and 5xx are retried `retries`
+    times with exponential backoff; after that the judgment falls back (logged).
+    """
+    name = "api"
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
+                 retries: int = 3, backoff: float = 1.0, max_tokens: int = 256, temperature: float = 0.0,
+                 send_image: bool = True):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key_env, self.timeout = model, api_key_env, timeout
+        self.retries, self.backoff, self.max_tokens, self.temperature = retries, backoff, max_tokens, temperature
+        self.send_image = send_image
+        self.requests = 0
+
+    def ask(self, match: Match, query: str, with_image: bool, seed: int) -> str:
+        content = [{"type": "text", "text": query}]
+        if with_image and self.send_image and match.image is not None:
+            content.append({"type": "image_url", "image_url": {"url": _data_url(match.image)}})
+        body = {"model": self.model, "messages": [{"role": "user", "content": content}],
+                "max_tokens": self.max_tokens, "temperature": self.temperature, "seed": seed % (2 ** 31)}
+        return self._post(body)
+
+    def _post(self, body: dict) -> str:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        data = json.dumps(body).encode("utf-8")
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            self.requests += 1
+            try:
+                req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    payload = json.loads(resp.read().decode("utf-8"))
+                return _message_text(payload)
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code} from {self.url}"
+                if e.code != 429 and e.code < 500:
+                    raise JudgeError(last) from None
+            except (urllib.error.URLError, TimeoutError, OSError) as e:
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                raise JudgeError(f"unexpected response from {self.url}: {e}") from None
+        raise JudgeError(f"{last} (after {self.retries + 1} attempts)")
+
+
+def _message_text(payload: dict) -> str:
+    content = payload["choices"][0]["message"]["content"]
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def _data_url(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+JUDGES = ("self", "logprob", "api")
+
+
+def make_judge(name: Union[str, Judge], **api_kwargs) -> Judge:
+    """A judge by name (`self`, `logprob`, `api` with base_url=, model=, ...) or the judge given."""
+    if isinstance(name, Judge):
+        return name
+    if name == "logprob":
+        return LogprobJudge()
+    if name == "self":
+        return SelfJudge()
+    if name == "api":
+        if not api_kwargs.get("base_url") or not api_kwargs.get("model"):
+            raise ValueError("the api judge needs base_url and model (--api-base, --api-model)")
+        return ApiJudge(**api_kwargs)
+    raise ValueError(f"unknown judge {name!r}; choose from {', '.join(JUDGES)}")

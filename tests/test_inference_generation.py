@@ -1,0 +1,137 @@
+"""inference.prompt / inference.generation: prompt layout, per-row sampling streams, rows over a shared
+prefix that stop at their own end tag, commit of a winner, batched (left-padded) greedy decoding."""
+import pytest
+import torch
+from PIL import Image
+
+from inference.generation import (ForwardCounter, StopCriteria, commit, generate_batch,
+                                  generate_one, make_generator, ready, run_prompt, sample_next, sample_rows)
+from inference.image import Pixels
+from inference.options import GREEDY, SamplingOptions
+from inference.prompt import build_prompt
+from models.kv_cache import KVCache, SharedPrefixKVCache
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+L = 64  # cogvlm-tiny image tokens
+SAMPLING = SamplingOptions(temperature=1.0, top_p=0.95, top_k=0, max_new_tokens=8)
+
+
+def _image(color=(200, 40, 40)):
+    return Image.new("RGB", (56, 56), color)
+
+
+def _embeds(model, *images):
+    with torch.no_grad():
+        return model.encode_images(Pixels(56, dtype=torch.float64)(list(images)))
+
+
+def test_single_turn_prompt_is_the_official_inference_layout(tiny_vlm):
+    """Token for token what the official llama2_text_processor_inference builds for "<EOI>Question: q Answer:"."""
+    _, tok = tiny_vlm
+    q = "How many red circles are there?"
+    p = build_prompt(tok, "<image>\n" + q, image_length=L, template="chat_old")
+    ids = [tok.bos_token_id] + [0] * (L + 1) + [0] + tok.encode(f"Question: {q} Answer:", add_special_tokens=False)
+    rope = [0, 0] + [1] * L + [0] * (len(ids) - L - 2)  # image_rope_mask: the L image tokens
+    pos, pid = [], -1
+    for i in range(len(ids)):  # the official position rule
+        if rope[i] == 0 or (i > 0 and rope[i] != rope[i - 1]):
+            pid += 1
+        pos.append(pid)
+    assert list(p.input_ids) == ids and list(p.position_ids) == pos
+    assert list(p.image_embed_mask) == [0] + [1] * (L + 2) + [0] * (len(ids) - L - 3)
+    assert list(p.vision_expert_mask) == [0] + [1] * (L + 1) + [0] * (len(ids) - L - 2)
+    assert p.image_end == L + 3 and p.next_position == pos[-1] + 1
+
+
+def test_later_turn_prompt_continues_the_earlier_one(tiny_vlm):
+    _, tok = tiny_vlm
+    first = build_prompt(tok, "What color?", image_length=L)
+    second = build_prompt(tok, "And the shape?", [("What color?", "It is red.")], image_length=L)
+    tail = tok.encode("It is red.", add_special_tokens=False) + tok.encode("\nQuestion: And the shape? Answer:",
+                                                                          add_special_tokens=False)
+    assert second.input_ids == first.input_ids + tuple(tail)
+    text_only = build_prompt(tok, "Hi", image_length=L, image=False)
+    assert text_only.input_ids[0] == tok.bos_token_id and text_only.image_end == 0 and not any(text_only.image_embed_mask)
+
+
+def test_each_row_samples_from_its_own_generator():
+    logits = torch.randn(3, 50, dtype=torch.float64)
+    opts = SamplingOptions(temperature=0.7, top_p=0.9, top_k=20)
+    batch = sample_next(logits, opts, [make_generator(s) for s in (1, 2, 3)])
+    alone = [int(sample_next(logits[i:i + 1], opts, [make_generator(s)])[0]) for i, s in enumerate((1, 2, 3))]
+    assert batch.tolist() == alone
+    top = logits.topk(20, dim=-1).indices
+    assert all(int(t) in top[i].tolist() for i, t in enumerate(batch))  # top-k respected
+    assert sample_next(logits, GREEDY, [None] * 3).tolist() == logits.argmax(-1).tolist()
+
+
+def _stop_length(tok, tokens, strings):
+    for k in range(1, len(tokens) + 1):
+        if any(s in tok.decode(tokens[:k]) for s in strings):
+            return k
+    return None
+
+
+def test_rows_over_a_shared_prefix_stop_at_their_own_end_tag_and_commit(tiny_vlm):
+    model, tok = tiny_vlm
+    prompt = build_prompt(tok, "What color is the shape?", image_length=L)
+    prefix = run_prompt(model, prompt, image_embeds=_embeds(model, _image()))
+    seeds = (11, 12, 13)
+    free = sample_rows(model, prefix, [make_generator(s) for s in seeds], options=SAMPLING,
+                       stop=StopCriteria(), tokenizer=tok, max_new_tokens=6)
+    # a stop string per row, completed after 2, 4 and 6 of its tokens: the rows must stop at different steps
+    strings = tuple(tok.decode(r.tokens[:k]) for r, k in zip(free, (2, 4, 6)))
+    expected = [_stop_length(tok, r.tokens, strings) for r in free]
+    assert len(set(expected)) > 1
+    stop = StopCriteria(strings=strings)
+    with ForwardCounter(model) as count:
+        rows = sample_rows(model, prefix, [make_generator(s) for s in seeds], options=SAMPLING, stop=stop,
+                           tokenizer=tok, max_new_tokens=6)
+    for r, f, k in zip(rows, free, expected):
+        assert r.tokens == f.tokens[:k] and r.finish == "stop" and r.fed == k - 1
+        assert any(s in r.text for s in strings)
+    # finished rows left the batch: one position per still-running row per step, never the stopping token
+    assert count.lm_tokens == sum(k - 1 for k in expected)
+    # batching changes nothing: each row equals its own one-row run with a dense cache
+    for r, s in zip(rows, seeds):
+        one = generate_one(model, prefix, make_generator(s), options=SAMPLING, stop=stop, tokenizer=tok,
+                           max_new_tokens=6)
+        assert one.tokens == r.tokens and torch.allclose(torch.tensor(one.logprobs), torch.tensor(r.logprobs))
+    # the committed winner continues exactly like the prompt + its tokens recomputed from scratch
+    winner = max(rows, key=lambda r: len(r.tokens))
+    kept = ready(model, commit(prefix, winner))
+    again = run_prompt(model, prompt.extended(winner.tokens), image_embeds=_embeds(model, _image()))
+    assert kept.ids == list(again.ids) and kept.next_position == again.next_position
+    assert torch.allclose(kept.logits, again.logits, atol=1e-10)
+    assert prefix.cache.seq_len == len(prompt)  # the shared prefix was never written to
+
+
+def test_shared_prefix_cache_keeps_float64(tiny_vlm, image_batch):
+    """models/kv_cache.py fix: the split softmax ran in float32 even for a float64 model."""
+    model, _ = tiny_vlm
+    inputs = {k: (v.double() if k == "vision_image" else v) for k, v in image_batch([[5, 6, 7]]).items()}
+    n = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        prefix = KVCache()
+        model(**dict(inputs, attention_mask=None), kv_cache=prefix)
+        tokens = torch.tensor([[9], [10]])
+        shared = model(input_ids=tokens, position_ids=torch.full((2, 1), n), kv_cache=SharedPrefixKVCache(prefix, 2))[0]
+        dense = model(input_ids=tokens, position_ids=torch.full((2, 1), n), kv_cache=prefix.expand(2))[0]
+    assert (shared - dense).abs().max() < 1e-12
+
+
+def test_batched_greedy_equals_unbatched(tiny_vlm):
+    model, tok = tiny_vlm
+    questions = ["What color is the shape?", "How many shapes are there in the image?\nOptions: A. 1 B. 2", "Which?"]
+    images = [_image((200, 40, 40)), _image((40, 200, 40)), _image((40, 40, 200))]
+    prompts = [build_prompt(tok, q, image_length=L) for q in questions]
+    assert len({len(p) for p in prompts}) == 3  # left padding is exercised
+    stop = StopCriteria(strings=("</CONCLUSION>",))
+    with ForwardCounter(model) as count:
+        batch = generate_batch(model, prompts, _embeds(model, *images), tokenizer=tok, options=GREEDY, stop=stop,
+                               max_new_tokens=5)
+    assert count.lm_calls <= 5  # one prefill and one step per new token for all rows together
+    for p, img, row in zip(prompts, images, batch):
+        alone = generate_batch(model, [p], _embeds(model, img), tokenizer=tok, options=GREEDY, stop=stop,
+                               max_new_tokens=5)[0]
+        assert alone.tokens == row.tokens and len(row.tokens) > 0
