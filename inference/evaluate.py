@@ -238,14 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .cli_demo import judge_from_args, load_model, search_options_from_args
     args = build_parser().parse_args(argv)
+    if not os.path.isfile(args.data):
+        print(f"error: {args.data}: no such file", file=sys.stderr)
+        return 1
     try:
         model, tokenizer, template = load_model(args)
         judge = judge_from_args(args)
     except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if not os.path.isfile(args.data):
-        print(f"error: {args.data}: no such file", file=sys.stderr)
+        print(f"error: cannot load {args.from_pretrained}: {e}", file=sys.stderr)
         return 1
     result = evaluate(model, tokenizer, args.data, template=template, mode=args.mode, n=args.n, judge=judge,
                       batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,

@@ -1,0 +1,188 @@
+"""inference.judges: logprob picks the higher mean log-probability, verdict parsing, the self judge's
+deterministic fallback and reasoning check, the API judge against a local stub server."""
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from inference.judges import (ApiJudge, Candidate, LogprobJudge, Match, SelfJudge, judge_query, judged_texts,
+                              make_judge, parse_verdict)
+from inference.options import DEFAULT_STAGES
+
+STAGES = {s.name: s for s in DEFAULT_STAGES}
+
+
+def _cand(index, text, logprobs, answer_text=None):
+    return Candidate(index, list(range(len(logprobs))), text, answer_text if answer_text is not None else text,
+                     "stop", logprobs)
+
+
+def _match(kind="summary", ask=None, previous="", image=None):
+    stage = STAGES.get(kind.upper())
+    return Match(question="How many circles?", kind=kind, stage=stage, stages=DEFAULT_STAGES, previous=previous,
+                 seed=42, image=image, ask=ask)
+
+
+def test_logprob_judge_prefers_the_higher_mean_not_the_higher_sum():
+    long_good = _cand(0, "a b c d", [-0.5, -0.5, -0.5, -0.5])  # sum -2.0, mean -0.5
+    short_bad = _cand(1, "a", [-1.0])  # sum -1.0 (higher), mean -1.0 (lower)
+    judge = LogprobJudge()
+    assert judge(_match(), long_good, short_bad).winner == 0
+    assert judge(_match(), short_bad, long_good).winner == 1
+    tie = judge(_match(), _cand(0, "x", [-1.0]), _cand(1, "y", [-1.0]))
+    assert tie.winner == 0 and "-1.0000 vs -1.0000" in tie.reason and not tie.fallback
+
+
+@pytest.mark.parametrize("text,winner", [
+    ("Since the first one is more accurate, I choose response 1.", 0),
+    ('Since [it counts correctly], I choose response [2].', 1),
+    ("I choose Response 2", 1),
+    ("i CHOOSE 1.", 0),
+    ("Response 2 is better because it is complete.", 1),
+    (" 2 ", 1),
+    ("response 1 and response 2 are both fine", None),
+    ("gibberish \x10 qqq 12", None),
+    ("", None),
+])
+def test_verdict_parsing(text, winner):
+    assert parse_verdict(text)[0] == winner
+
+
+def test_parse_verdict_keeps_the_reason():
+    assert parse_verdict("Since it names all three shapes, I choose response 2.") == (1, "it names all three shapes")
+
+
+def test_self_judge_falls_back_deterministically_and_logs(caplog):
+    asked = []
+
+    def ask(query, with_image, seed):
+        asked.append((query, with_image, seed))
+        return "\x12 blue blue circle"  # what a random tiny model writes
+
+    a, b = _cand(0, "<SUMMARY> x </SUMMARY>", [-3.0]), _cand(1, "<SUMMARY> y </SUMMARY>", [-2.0])
+    with caplog.at_level(logging.INFO, logger="inference.judges"):
+        v1 = SelfJudge()(_match(ask=ask), a, b)
+        v2 = SelfJudge()(_match(ask=ask), a, b)
+    assert v1 == v2 and v1.winner == 1 and v1.fallback and "fell back" in v1.reason
+    assert "falling back" in caplog.text
+    query, with_image, seed = asked[0]
+    assert with_image and asked[0] == asked[1]  # same prompt, same seed: reproducible
+    assert "Response 1:  x " not in query and "Response 1: x\nResponse 2: y" in query
+    assert query.startswith("Now you act as a judge") and "I choose response [1/2]." in query
+
+
+def test_reasoning_stage_checks_correctness_first():
+    asked = []
+
+    def ask(query, with_image, seed):
+        asked.append((query, with_image))
+        if query.startswith("Now you act as a judge, helping me determine whether"):
+            return "incorrect" if "Reasoning Process: 2 + 2 = 5" in query else "correct"
+        return "Since it is right, I choose response 1."
+
+    prev = "<SUMMARY> count </SUMMARY> <CAPTION> two circles </CAPTION> "
+    wrong = _cand(0, "<REASONING> 2 + 2 = 5 </REASONING>", [-1.0], prev + "<REASONING> 2 + 2 = 5 </REASONING>")
+    right = _cand(1, "<REASONING> 1 + 1 = 2 </REASONING>", [-9.0], prev + "<REASONING> 1 + 1 = 2 </REASONING>")
+    verdict = SelfJudge()(_match("reasoning", ask=ask, previous=prev), wrong, right)
+    assert verdict.winner == 1 and "incorrect" in verdict.reason
+    assert len(asked) == 1 and asked[0][1] is False and "Given Information:  two circles " in asked[0][0]
+    asked.clear()
+    verdict = SelfJudge()(_match("reasoning", ask=ask, previous=prev), right, _cand(2, "<REASONING> ok </REASONING>",
+                                                                                   [-1.0], prev + "<REASONING> ok"))
+    assert verdict.winner == 0 and not verdict.fallback and [w for _, w in asked] == [False, False, True]
+
+
+def test_judged_texts_follow_the_reference():
+    prev = "<SUMMARY> s </SUMMARY> <CAPTION> c </CAPTION> <REASONING> r </REASONING> "
+    a = _cand(0, "<CONCLUSION> A </CONCLUSION>", [-1.0], prev + "<CONCLUSION> A </CONCLUSION>")
+    b = _cand(1, "<CONCLUSION> B", [-1.0], prev + "<CONCLUSION> B")  # no end tag: to the end
+    outs, hint = judged_texts(_match("conclusion", previous=prev), a, b)
+    assert outs == ["A", "B"] and hint == " c  r "
+    outs, hint = judged_texts(_match("all"), a, b)
+    assert outs == [a.answer_text, b.answer_text] and hint is None
+    q = judge_query(_match("conclusion"), outs, "the hint")
+    assert "Hint about the Question: the hint" in q and "Question: How many circles?" in q
+
+
+class _Stub(BaseHTTPRequestHandler):
+    """Answers POST /v1/chat/completions from the server's `script` (status, body, delay) list."""
+
+    def do_POST(self):
+        server = self.server
+        length = int(self.headers["Content-Length"])
+        server.seen.append((self.path, dict(self.headers), json.loads(self.rfile.read(length))))
+        status, content, delay = server.script.pop(0) if server.script else (500, None, 0)
+        if delay:
+            threading.Event().wait(delay)
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stub_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    server.seen, server.script = [], []
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_api_judge_asks_the_endpoint_and_retries(stub_server, monkeypatch):
+    monkeypatch.setenv("COGCOT_TEST_KEY", "sk-test")
+    stub_server.script = [(503, None, 0), (200, "Since it is more thorough, I choose response 2.", 0)]
+    base = f"http://127.0.0.1:{stub_server.server_address[1]}/v1"
+    judge = make_judge("api", base_url=base, model="judge-model", api_key_env="COGCOT_TEST_KEY", timeout=5,
+                       retries=2, backoff=0.01)
+    image = Image.new("RGB", (8, 8), (255, 0, 0))
+    verdict = judge(_match("caption", image=image), _cand(0, "<CAPTION> a </CAPTION>", [-1.0]),
+                    _cand(1, "<CAPTION> b </CAPTION>", [-5.0]))
+    assert verdict.winner == 1 and verdict.reason == "it is more thorough" and not verdict.fallback
+    assert len(stub_server.seen) == 2 and judge.requests == 2  # one retry after the 503
+    path, headers, body = stub_server.seen[-1]
+    assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-test"
+    assert body["model"] == "judge-model" and body["messages"][0]["role"] == "user"
+    text, img = body["messages"][0]["content"]
+    assert "Response 1: a\nResponse 2: b" in text["text"]
+    assert img["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_api_judge_failures_fall_back_after_bounded_retries(stub_server, monkeypatch):
+    monkeypatch.delenv("COGCOT_TEST_KEY", raising=False)
+    base = f"http://127.0.0.1:{stub_server.server_address[1]}/v1"
+    stub_server.script = [(500, None, 0)] * 5
+    judge = ApiJudge(base, "m", api_key_env="COGCOT_TEST_KEY", timeout=5, retries=2, backoff=0.01)
+    verdict = judge(_match("all"), _cand(0, "x", [-3.0]), _cand(1, "y", [-1.0]))
+    assert verdict.fallback and verdict.winner == 1 and "HTTP 500" in verdict.reason
+    assert len(stub_server.seen) == 3 and "Authorization" not in stub_server.seen[0][1]
+    # a client error is not retried; a slow server times out
+    stub_server.seen.clear()
+    stub_server.script = [(401, None, 0), (200, "I choose response 1", 0.6), (200, "I choose response 1", 0.6)]
+    assert judge(_match("all"), _cand(0, "x", [-3.0]), _cand(1, "y", [-1.0])).fallback
+    assert len(stub_server.seen) == 1
+    slow = ApiJudge(base, "m", timeout=0.2, retries=1, backoff=0.0)
+    verdict = slow(_match("all"), _cand(0, "x", [-3.0]), _cand(1, "y", [-1.0]))
+    assert verdict.fallback and "attempts" in verdict.reason and len(stub_server.seen) == 3
+
+
+def test_make_judge_names():
+    assert make_judge("logprob").name == "logprob" and make_judge("self").name == "self"
+    with pytest.raises(ValueError, match="base_url"):
+        make_judge("api")
+    with pytest.raises(ValueError, match="unknown judge"):
+        make_judge("oracle")

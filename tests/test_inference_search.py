@@ -1,0 +1,125 @@
+"""inference.search: the fast runner (one batch over a shared prefix, caches reused) and the reference
+runner (sequential, full re-encode) choose the same text with the same random streams; the tournament
+is the reference's; every judgment is logged."""
+import json
+import random
+
+import pytest
+from PIL import Image
+
+from inference.generation import ForwardCounter
+from inference.prompt import build_prompt
+from inference.options import REFERENCE_SAMPLING, SearchOptions, StageSpec
+from inference.search import StagedSearch, plan_tournament
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUESTION = "What color is the shape?\nOptions: A. red B. blue C. green D. yellow"
+JUDGE_SAMPLING = REFERENCE_SAMPLING.replace(max_new_tokens=3)
+
+
+def _image():
+    return Image.new("RGB", (56, 56), (220, 40, 40))
+
+
+def _run(model, tok, judge, **opts):
+    results = {}
+    for reference in (False, True):
+        search = StagedSearch(model, tok, judge=judge, judge_sampling=JUDGE_SAMPLING,
+                              options=SearchOptions(reference=reference, **opts))
+        with ForwardCounter(model) as count:
+            result = search(_image(), QUESTION, seed=5)
+        results[reference] = (result, count.snapshot())
+    return results[False], results[True]
+
+
+def _same_choices(fast, ref):
+    assert fast.text == ref.text and fast.finish == ref.finish
+    assert [s.winner for s in fast.steps] == [s.winner for s in ref.steps]
+    for a, b in zip(fast.steps, ref.steps):
+        assert [c.tokens for c in a.candidates] == [c.tokens for c in b.candidates]
+        strip = [{k: v for k, v in j.items() if k != "mode"} for j in a.judgments]
+        assert strip == [{k: v for k, v in j.items() if k != "mode"} for j in b.judgments]
+
+
+def test_stage_mode_fast_equals_reference_with_the_self_judge(tiny_vlm):
+    model, tok = tiny_vlm
+    (fast, fast_count), (ref, ref_count) = _run(model, tok, "self", mode="stage", n=3, max_step_tokens=3)
+    _same_choices(fast, ref)
+    assert [s.name for s in fast.steps] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+    judged = [j for s in fast.steps for j in s.judgments]
+    assert len(judged) == 4 * 2 and all(j["raw"] or j["reason"] for j in judged)  # n - 1 matches per stage
+    assert fast_count["vision_images"] == 1  # the ViT ran once for candidates and judges
+    assert ref_count["vision_images"] == 4 * 3 + 4 * 2  # per candidate and per judge prompt with the image
+    assert fast_count["lm_tokens"] < ref_count["lm_tokens"] / 2
+
+
+def test_best_of_n_fast_equals_reference(tiny_vlm):
+    model, tok = tiny_vlm
+    (fast, fast_count), (ref, ref_count) = _run(model, tok, "logprob", mode="best_of_n", n=4, max_new_tokens=6)
+    _same_choices(fast, ref)
+    cands = fast.steps[0].candidates
+    assert len(fast.steps) == 1 and len(cands) == 4
+    p = len(build_prompt(tok, QUESTION, image_length=model.args.image_length))
+    # fast: the prompt once, then each row's own tokens; reference: the prompt again for every candidate
+    assert fast_count["lm_tokens"] == p + sum(c.row.fed for c in cands)
+    assert ref_count["lm_tokens"] == sum(p + c.row.fed for c in cands)
+    assert (fast_count["vision_images"], ref_count["vision_images"]) == (1, 4)
+
+
+def test_sentence_mode_fast_equals_reference(tiny_vlm):
+    model, tok = tiny_vlm
+    stages = tuple(StageSpec.tagged(n) for n in ("A", "B"))
+    (fast, _), (ref, _) = _run(model, tok, "logprob", mode="sentence", n=2, max_step_tokens=3, max_steps=3,
+                               stages=stages)
+    _same_choices(fast, ref)
+    assert len(fast.steps) == 3 and fast.finish == "steps"
+
+
+def test_winner_is_never_re_encoded(tiny_vlm):
+    """Forward positions of the fast stage search: the prompt once, then per stage the rows' own tokens
+    (and the previous winner's last token) only; logprob judging costs nothing."""
+    model, tok = tiny_vlm
+    search = StagedSearch(model, tok, judge="logprob", options=SearchOptions(n=4, max_step_tokens=4))
+    with ForwardCounter(model) as count:
+        result = search(_image(), QUESTION, seed=1)
+    prompt = build_prompt(tok, QUESTION, image_length=search.image_length)
+    own = sum(c.row.fed for s in result.steps for c in s.candidates)  # tokens each row ran (not its last)
+    pending = len(result.steps) - 1  # each earlier winner's last token runs once, batch 1
+    assert count.lm_tokens == len(prompt) + own + pending and count.vision_images == 1
+
+
+def test_tournament_plan_is_the_reference_procedure():
+    """The planned pairings equal the reference's loop (pop two at random, append the winner)."""
+    for n in range(1, 9):
+        def better(i, j):  # any deterministic judge
+            return (i * 7 + j * 3) % 2
+        rng = random.Random(n)
+        pool = list(range(n))
+        while len(pool) > 1:  # the reference loop
+            a = pool.pop(rng.randrange(len(pool)))
+            b = pool.pop(rng.randrange(len(pool)))
+            pool.append(a if better(a, b) == 0 else b)
+        resolved = {("c", i): i for i in range(n)}
+        plan = plan_tournament(n, random.Random(n))
+        for m, (x, y) in enumerate(plan):
+            a, b = resolved[x], resolved[y]
+            resolved[("w", m)] = a if better(a, b) == 0 else b
+        assert len(plan) == n - 1
+        assert (resolved[("w", n - 2)] if n > 1 else 0) == pool[0]
+
+
+def test_every_judgment_is_logged(tiny_vlm, tmp_path):
+    model, tok = tiny_vlm
+    path = tmp_path / "judgments.jsonl"
+    search = StagedSearch(model, tok, judge="self", log=str(path), judge_sampling=JUDGE_SAMPLING,
+                          options=SearchOptions(n=2, max_step_tokens=2))
+    result = search(_image(), QUESTION, question_id="q7", seed=3)
+    search.log.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["stage"] for x in lines] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+    for line, step in zip(lines, result.steps):
+        assert line["question_id"] == "q7" and line["judge"] == "self" and line["mode"] == "fast"
+        assert line["candidates"] == [step.candidates[i].text for i in line["pair"]]
+        assert line["winner"] == step.winner and line["verdict"] in (1, 2) and line["reason"]
+        # a random tiny model writes no parsable verdict: the fallback is deterministic and marked
+        assert line["fallback"] == ("fell back" in line["reason"])
