@@ -38,12 +38,13 @@ Categories, easiest first (each item draws one; items cycle through the chosen c
 - ``position``: where one shape is in the image (left/right/top/bottom), or where one shape is
   relative to another (left/right/above/below).
 - ``chart``: a bar chart of 3-4 colored bars; which color's bar is the tallest or the shortest.
-- ``count``: 1-5 shapes; how many shapes, or how many of one shape or one color.
-- ``arithmetic``: 2-5 shapes; remove all of one shape or color, how many shapes are left.
+- ``count``: 1-5 shapes; how many shapes, or how many of one shape or one color (answers 0-5, uniform).
+- ``arithmetic``: 2-5 shapes; remove all of one shape or color, how many shapes are left (answers 0-4,
+  uniform).
 
 Images are ``image_size`` px square (default 56: the tiny model's 8x8 patches of 7 px), a plain light
-background, at most 5 non-overlapping shapes of about 10-16 px (scaled with the image size), drawn
-without anti-aliasing in five clearly distinct colors, so every shape pixel has its palette color
+background, at most 5 non-overlapping shapes (a lone shape 14-16 px, several shapes 10-14 px; all sizes
+scale with the image size) at least 3 px apart, drawn without anti-aliasing in five clearly distinct colors, so every shape pixel has its palette color
 exactly. Each item is drawn from its own ``random.Random`` seeded by (seed, split, index), so the
 same arguments give byte-identical files and item i does not depend on N.
 
@@ -253,7 +254,7 @@ def _conclude(value: str, letter: str) -> str:
 
 def _single_object_scene(rng: random.Random, canvas: _Canvas) -> Dict[str, Any]:
     shape, color = rng.choice(SHAPES), rng.choice(COLORS)
-    s = rng.randint(canvas.px(12), canvas.px(16))
+    s = rng.randint(canvas.px(14), canvas.px(16))
     (x, y), = _place(rng, [s], canvas)
     canvas.shape(shape, color, x, y, s)
     return _obj(shape, color, x, y, s)
