@@ -43,8 +43,8 @@ Categories, easiest first (each item draws one; items cycle through the chosen c
   uniform).
 
 Images are ``image_size`` px square (default 56: the tiny model's 8x8 patches of 7 px), a plain light
-background, at most 5 non-overlapping shapes (a lone shape 14-16 px, several shapes 10-14 px; all sizes
-scale with the image size) at least 3 px apart, drawn without anti-aliasing in five clearly distinct colors, so every shape pixel has its palette color
+background, at most 5 non-overlapping shapes (14-16 px for the color and shape questions, 10-14 px
+otherwise; all sizes scale with the image size) at least 3 px apart, drawn without anti-aliasing in five clearly distinct colors, so every shape pixel has its palette color
 exactly. Each item is drawn from its own ``random.Random`` seeded by (seed, split, index), so the
 same arguments give byte-identical files and item i does not depend on N.
 
@@ -140,6 +140,9 @@ class Item:
 
     def __len__(self) -> int:
         return 6
+
+    def __getitem__(self, i):
+        return tuple(self)[i]
 
     @property
     def row(self) -> Dict[str, str]:
@@ -333,7 +336,7 @@ def _item_position(rng: random.Random, canvas: _Canvas):
     options, letter = _options(rng, rel, ("left", "right", "above", "below"))
     phrase = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}[rel]
     text = four_stage(
-        f"I will compare where the two shapes are.",
+        "I will compare where the two shapes are.",
         f"The image shows {_describe([a, b])}.",
         f"The {name_a} is {phrase} the {name_b}. {_conclude(rel, letter)}",
         letter)
@@ -439,8 +442,9 @@ def _item_chart(rng: random.Random, canvas: _Canvas):
     which = rng.choice(("tallest", "shortest"))
     ranked = sorted(bars, key=lambda b: -b["height"])
     pick = ranked[0] if which == "tallest" else ranked[-1]
-    distractors = colors + [c for c in COLORS if c not in colors]
-    distractors = [c for c in distractors if c != pick["color"]][:3]
+    absent = [c for c in COLORS if c not in colors]
+    rng.shuffle(absent)
+    distractors = [c for c in colors + absent if c != pick["color"]][:3]  # the other bars first
     options, letter = _options(rng, pick["color"], distractors)
     text = four_stage(
         f"I will compare the bars to find the {which} one.",

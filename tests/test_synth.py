@@ -224,6 +224,7 @@ def test_make_item_true_to_pixels_and_scene(category):
     for i in range(40):
         item = make_item(item_rng(123, "train", i), category, 56)
         image, question, options, letter, text, cat = item  # the documented 6-tuple
+        assert item[3] == letter and item[-1] == cat and len(item) == 6
         assert cat == category and image.size == (56, 56) and image.mode == "RGB"
         check_item(question, options, letter, text, image)
         letters[letter] += 1
