@@ -140,8 +140,12 @@ class Chat:
             return run_prompt(self.model, prompt, start=keep, base=base)
         if not prompt.has_image:
             return run_prompt(self.model, prompt)
-        if self._image_prefix is None:
+        if self._image_prefix is None:  # the first turn: the ViT once, the whole prompt in one call
             with torch.no_grad():
                 self._embeds = self.model.encode_images(self.pixels([self.image]))
-            self._image_prefix = run_prompt(self.model, prompt, image_embeds=self._embeds, stop=prompt.image_end)
+            prefix = run_prompt(self.model, prompt, image_embeds=self._embeds)
+            end = prompt.image_end
+            self._image_prefix = Prefix(prefix.cache.truncate(end), list(prompt.input_ids[:end]),
+                                        prompt.position_ids[end - 1] + 1, None)
+            return prefix
         return run_prompt(self.model, prompt, start=prompt.image_end, base=self._image_prefix)

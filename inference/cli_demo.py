@@ -85,6 +85,7 @@ def judge_from_args(args):
 def search_options_from_args(args, n: Optional[int] = None, mode: Optional[str] = None) -> SearchOptions:
     return SearchOptions(mode=mode or getattr(args, "search_mode", "stage"), n=n or getattr(args, "n", 4),
                          max_step_tokens=args.max_stage_tokens, reference=args.reference,
+                         judge_sampling=REFERENCE_SAMPLING.replace(max_new_tokens=args.judge_max_tokens),
                          seed=getattr(args, "seed", None) or 0)
 
 
@@ -115,9 +116,7 @@ def _read(prompt: str) -> Optional[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from models.checkpoint import CheckpointError
-    from .chat import Chat, ContextTooLong
-    from .image import ImageLoadError
-    from .judges import JudgeError
+    from .chat import Chat
     from .search import StagedSearch
     try:
         model, tokenizer, template = load_model(args)
@@ -134,11 +133,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     search = None
     if args.stage_search:
         search = StagedSearch(model, tokenizer, judge=judge, template=template, log=args.judge_log,
-                              options=search_options_from_args(args, n=args.stage_search),
-                              judge_sampling=REFERENCE_SAMPLING.replace(max_new_tokens=args.judge_max_tokens))
+                              options=search_options_from_args(args, n=args.stage_search))
         print(f"[staged search] {args.search_mode}, {args.stage_search} candidates per step, judge {search.judge.name}"
               + (", reference procedure" if args.reference else ""))
     print(WELCOME)
+    try:
+        return _loop(chat, search)
+    finally:
+        if search is not None:
+            search.close()
+
+
+def _loop(chat, search) -> int:
+    from .chat import ContextTooLong
+    from .image import ImageLoadError
+    from .judges import JudgeError
     with torch.no_grad():
         while True:
             path = _read("Please enter the image path: ")

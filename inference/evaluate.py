@@ -29,7 +29,7 @@ from dataset.synth import tsv_row_to_prompt
 from .generation import StopCriteria, generate_batch
 from .image import ImageLoadError, Pixels, image_from_base64, image_size_of, model_device_dtype, open_image
 from .judges import Judge
-from .options import DEFAULT_STAGES, GREEDY, REFERENCE_SAMPLING, SearchOptions, derive_seed
+from .options import DEFAULT_STAGES, GREEDY, SearchOptions, derive_seed
 from .prompt import build_prompt
 
 MODES = ("greedy", "stage", "best_of_n", "sentence")
@@ -147,11 +147,14 @@ def evaluate(model, tokenizer, data_path, *, template: str = "chat_old", mode: s
             opts = (search_options or SearchOptions()).replace(mode=mode, n=n, max_new_tokens=max_new_tokens)
             search = StagedSearch(model, tokenizer, judge=judge, options=opts, template=template,
                                   log=judge_log, image_size=image_size)
-            for i, row in enumerate(rows):
-                result = search(row_image(row, base_dir), tsv_row_to_prompt(row).strip(),
-                                seed=derive_seed(seed, row.get("index", i)), question_id=row.get("index", i))
-                responses[i] = result.text
-                bar.update(1)
+            try:
+                for i, row in enumerate(rows):
+                    result = search(row_image(row, base_dir), tsv_row_to_prompt(row).strip(),
+                                    seed=derive_seed(seed, row.get("index", i)), question_id=row.get("index", i))
+                    responses[i] = result.text
+                    bar.update(1)
+            finally:
+                search.close()
     bar.close()
     records = []
     for i, row in enumerate(rows):

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -36,10 +36,9 @@ def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tenso
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if options.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop_sorted = cum - torch.softmax(sorted_logits, dim=-1) >= options.top_p  # keep the first over p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= options.top_p  # keep the smallest head reaching top_p
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return logits
 
 
@@ -51,13 +50,11 @@ def sample_next(logits: torch.Tensor, options: SamplingOptions,
         return logits.argmax(dim=-1)
     probs = torch.softmax(filter_logits(logits, options), dim=-1)
     cdf = probs.cumsum(dim=-1)
-    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
-    for i, g in enumerate(generators):
-        u = torch.rand((), generator=g).to(cdf.device, cdf.dtype) * cdf[i, -1]
-        j = int(torch.searchsorted(cdf[i], u[None], right=True)[0])  # first step of the CDF above u
-        if j >= logits.shape[-1]:  # u rounded up to the total: the last token with probability
-            j = int(probs[i].nonzero()[-1])
-        out[i] = j
+    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(cdf.device, cdf.dtype)  # [b]
+    u = (u * cdf[:, -1])[:, None]
+    out = torch.searchsorted(cdf, u, right=True)[:, 0]  # each row's first CDF step above its u
+    for i in (out >= logits.shape[-1]).nonzero()[:, 0].tolist():  # u rounded up to the total:
+        out[i] = probs[i].nonzero()[-1, 0]  # the last token with probability
     return out
 
 
@@ -108,6 +105,20 @@ class RowCache(SharedPrefixKVCache):
         out = RowCache(self.prefix, len(rows))
         out.suffix = self.suffix.select(list(rows))
         return out
+
+    def attend(self, layer_id: int, q, k, v, mask: Optional[torch.Tensor] = None):
+        """One new token per row (decoding): the same split softmax as the parent with fewer ops."""
+        if q.shape[2] != 1 or mask is not None:
+            return super().attend(layer_id, q, k, v, mask)
+        ks, vs = self.suffix.append(layer_id, k, v)  # [n, h, T, d]
+        kp, vp = self.prefix.keys[layer_id], self.prefix.values[layer_id]  # [1, h, P, d]
+        acc = torch.promote_types(q.dtype, torch.float32)
+        rows = q.transpose(0, 2)  # [n, h, 1, d] -> [1, h, n, d]: the rows as queries of the one prefix
+        scores = torch.cat(((rows @ kp.transpose(-1, -2)).to(acc),  # [1, h, n, P]
+                            (q @ ks.transpose(-1, -2)).to(acc).transpose(0, 2)), dim=-1)  # [1, h, n, T]
+        probs = torch.softmax(scores * q.shape[-1] ** -0.5, dim=-1).to(q.dtype)
+        p_prefix, p_own = probs.split([kp.shape[2], ks.shape[2]], dim=-1)
+        return (p_prefix @ vp).transpose(0, 2) + p_own.transpose(0, 2) @ vs  # [n, h, 1, d]
 
     def row_kv(self, row: int, length: int) -> Dict[int, Tuple[torch.Tensor, torch.Tensor]]:
         """Row `row`'s own keys/values of its first `length` tokens (copies, so the batch can be freed)."""
@@ -371,14 +382,17 @@ def generate_batch(model, prompts: Sequence[Prompt], image_embeds: Optional[torc
 # ----------------------------------------------------------------------------- counting
 
 class ForwardCounter:
-    """Counts language-model positions (input_ids elements per forward) and images through the ViT.
+    """Counts language-model positions (input_ids elements per forward), images through the ViT, and the
+    peak size of the KV cache a forward attended over.
 
     Installed as forward pre-hooks on the model and on its ViT; `close()` removes them.
     """
 
     def __init__(self, model):
         self.lm_tokens = self.lm_calls = self.vision_images = self.vision_calls = 0
-        self._handles = [model.register_forward_pre_hook(self._on_lm, with_kwargs=True)]
+        self.kv_peak_bytes = 0  # the largest KV cache a forward attended over (after its own append)
+        self._handles = [model.register_forward_pre_hook(self._on_lm, with_kwargs=True),
+                         model.register_forward_hook(self._after_lm, with_kwargs=True)]
         mixins = getattr(model, "mixins", {})
         vit = getattr(mixins["eva"], "vit_model", None) if "eva" in mixins else None
         if vit is not None:
@@ -389,6 +403,11 @@ class ForwardCounter:
         self.lm_tokens += int(ids.numel())
         self.lm_calls += 1
 
+    def _after_lm(self, module, args, kwargs, output):
+        cache = kwargs.get("kv_cache")
+        if cache is not None:
+            self.kv_peak_bytes = max(self.kv_peak_bytes, int(cache.nbytes()))
+
     def _on_vit(self, module, args, kwargs):
         image = kwargs.get("image")
         self.vision_images += int(image.shape[0]) if image is not None else 1
@@ -396,7 +415,7 @@ class ForwardCounter:
 
     def snapshot(self) -> Dict[str, int]:
         return {"lm_tokens": self.lm_tokens, "lm_calls": self.lm_calls, "vision_images": self.vision_images,
-                "vision_calls": self.vision_calls}
+                "vision_calls": self.vision_calls, "kv_peak_bytes": self.kv_peak_bytes}
 
     def close(self):
         for h in self._handles:
@@ -409,5 +428,3 @@ class ForwardCounter:
     def __exit__(self, *exc):
         self.close()
 
-
-Callback = Callable[[str], None]

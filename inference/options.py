@@ -6,7 +6,7 @@ Options only describe *what* to do; the code that does it lives in `generation` 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 
@@ -68,6 +68,7 @@ class SearchOptions:
     mode: `stage` (a step per stage, candidates stop at the stage's end tag), `best_of_n` (one step:
     whole answers, stop at the last stage's end tag) or `sentence` (steps stop at a sentence end).
     max_step_tokens caps one candidate of one step; max_new_tokens caps the whole answer.
+    judge_sampling: how a model judge (`self`) samples its verdict (the reference samples it too).
     reference=True runs the procedure like the reference code: one candidate at a time, image and
     prefix re-encoded for every candidate and every judge call (for comparisons; same choices).
     """
@@ -79,6 +80,7 @@ class SearchOptions:
     max_new_tokens: int = 1024
     max_steps: int = 64  # sentence mode: at most this many sentences
     sentence_ends: Tuple[str, ...] = (".",)
+    judge_sampling: SamplingOptions = REFERENCE_SAMPLING.replace(max_new_tokens=128)
     seed: int = 0
     reference: bool = False
 
@@ -92,12 +94,6 @@ class SearchOptions:
 
     def replace(self, **changes) -> "SearchOptions":
         return replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class JudgeOptions:
-    """How a model-based judge (self, api) produces its verdict text."""
-    sampling: SamplingOptions = field(default_factory=lambda: REFERENCE_SAMPLING.replace(max_new_tokens=128))
 
 
 def derive_seed(*parts) -> int:

@@ -31,7 +31,7 @@ from .generation import (Prefix, StopCriteria, commit, generate_one, make_genera
                          sample_rows)
 from .image import ImageLike, Pixels, image_size_of, model_device_dtype, open_image
 from .judges import Candidate, Judge, Match, Verdict, make_judge
-from .options import REFERENCE_SAMPLING, SamplingOptions, SearchOptions, StageSpec, derive_seed
+from .options import SearchOptions, StageSpec, derive_seed
 from .prompt import Prompt, build_prompt, common_prefix_length
 
 
@@ -92,21 +92,24 @@ class _Runner:
 
 
 class FastRunner(_Runner):
-    # Judge prompts whose caches are kept for reuse (besides the image span); each holds a whole prompt.
-    KEEP_PROMPTS = 3
+    # Judge prompts whose caches are kept for reuse besides the image span (each holds a whole prompt, so
+    # this bounds the extra memory): the previous one shares its head with the next judgment of a step.
+    KEEP_PROMPTS = 2
 
     def __init__(self, search, image, prompt):
         super().__init__(search, image, prompt)
         model = search.model
         self.image_prefix: Optional[Prefix] = None
         self._kept: List[Prefix] = []  # recent judge prompts' caches, most recent last
+        self.embeds = None
         if prompt.has_image:
             with torch.no_grad():
                 self.embeds = model.encode_images(search.pixels([image]))
-            self.image_prefix = run_prompt(model, prompt, image_embeds=self.embeds, stop=prompt.image_end)
-            self.state = run_prompt(model, prompt, start=prompt.image_end, base=self.image_prefix)
-        else:
-            self.state = run_prompt(model, prompt)
+        self.state = run_prompt(model, prompt, image_embeds=self.embeds)
+        if prompt.has_image:  # its first tokens are the image span's cache, the base of every judge prompt
+            self.image_prefix = Prefix(self.state.cache.truncate(prompt.image_end),
+                                       list(prompt.input_ids[:prompt.image_end]),
+                                       prompt.position_ids[prompt.image_end - 1] + 1, None)
         self._answers: Dict[tuple, str] = {}
 
     def candidates(self, generators, stop: StopCriteria, max_tokens: int):
@@ -129,7 +132,7 @@ class FastRunner(_Runner):
             if n > keep and (n >= prompt.image_end or not prompt.has_image):
                 best, keep = kept, n
         if best is None:
-            return run_prompt(self.s.model, prompt, image_embeds=self.embeds if prompt.has_image else None)
+            return run_prompt(self.s.model, prompt, image_embeds=self.embeds)
         base = Prefix(best.cache.truncate(keep), list(prompt.input_ids[:keep]), prompt.position_ids[keep - 1] + 1,
                       None)
         return run_prompt(self.s.model, prompt, start=keep, base=base)
@@ -142,8 +145,8 @@ class FastRunner(_Runner):
             return self._answers[key]
         prefix = self._run_cached(prompt)
         self._kept = (self._kept + [prefix])[-self.KEEP_PROMPTS:]
-        row = generate_one(s.model, prefix, make_generator(seed), options=s.judge_sampling, stop=StopCriteria(),
-                           tokenizer=s.tokenizer, max_new_tokens=s.judge_sampling.max_new_tokens)
+        row = generate_one(s.model, prefix, make_generator(seed), options=s.options.judge_sampling, stop=StopCriteria(),
+                           tokenizer=s.tokenizer, max_new_tokens=s.options.judge_sampling.max_new_tokens)
         self._answers[key] = row.text
         return row.text
 
@@ -174,8 +177,8 @@ class ReferenceRunner(_Runner):
     def ask(self, query, with_image: bool, seed: int) -> str:
         s = self.s
         prefix = self._encode(self._judge_prompt(query, with_image))
-        return generate_one(s.model, prefix, make_generator(seed), options=s.judge_sampling, stop=StopCriteria(),
-                            tokenizer=s.tokenizer, max_new_tokens=s.judge_sampling.max_new_tokens).text
+        return generate_one(s.model, prefix, make_generator(seed), options=s.options.judge_sampling, stop=StopCriteria(),
+                            tokenizer=s.tokenizer, max_new_tokens=s.options.judge_sampling.max_new_tokens).text
 
 
 # ----------------------------------------------------------------------------- the procedure
@@ -200,21 +203,23 @@ class StagedSearch:
         search = StagedSearch(model, tokenizer, judge="logprob", options=SearchOptions(mode="stage", n=4))
         result = search(image, "How many circles?")     # result.text, result.steps
 
-    judge: "logprob" | "self" | a `Judge` (e.g. `ApiJudge(...)`); judge_sampling: how the self judge
-    samples its verdict; log: a JSONL path (or `JudgmentLog`) receiving every judgment.
+    judge: "logprob" | "self" | a `Judge` (e.g. `ApiJudge(...)`); log: a JSONL path (or `JudgmentLog`)
+    receiving every judgment (`close()` closes it).
     """
 
     def __init__(self, model, tokenizer, judge: Union[str, Judge] = "logprob",
                  options: SearchOptions = SearchOptions(), *, template: str = "chat_old",
-                 judge_sampling: SamplingOptions = REFERENCE_SAMPLING.replace(max_new_tokens=128),
                  log: Union[None, str, os.PathLike, JudgmentLog] = None, image_size=None):
         self.model, self.tokenizer, self.options, self.template = model, tokenizer, options, template
         self.judge = make_judge(judge)
-        self.judge_sampling = judge_sampling
         self.image_length = model.args.image_length
         device, dtype = model_device_dtype(model)
         self.pixels = Pixels(image_size or image_size_of(model.args), device=device, dtype=dtype)
         self.log = JudgmentLog(log) if isinstance(log, (str, os.PathLike)) else log
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
     def __call__(self, image: Optional[ImageLike], question: str, history: Sequence[Tuple[str, str]] = (), *,
                  seed: Optional[int] = None, question_id=None,

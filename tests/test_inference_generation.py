@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.generation import (ForwardCounter, StopCriteria, commit, generate_batch,
+from inference.generation import (ForwardCounter, RowCache, StopCriteria, commit, generate_batch,
                                   generate_one, make_generator, ready, run_prompt, sample_next, sample_rows)
 from inference.image import Pixels
 from inference.options import GREEDY, SamplingOptions
@@ -107,7 +107,8 @@ def test_rows_over_a_shared_prefix_stop_at_their_own_end_tag_and_commit(tiny_vlm
 
 
 def test_shared_prefix_cache_keeps_float64(tiny_vlm, image_batch):
-    """models/kv_cache.py fix: the split softmax ran in float32 even for a float64 model."""
+    """Shared-prefix decoding equals dense decoding to float64 precision (models/kv_cache.py fix: the split
+    softmax ran in float32 even for a float64 model), for the parent class and RowCache's decode step."""
     model, _ = tiny_vlm
     inputs = {k: (v.double() if k == "vision_image" else v) for k, v in image_batch([[5, 6, 7]]).items()}
     n = inputs["input_ids"].shape[1]
@@ -115,9 +116,15 @@ def test_shared_prefix_cache_keeps_float64(tiny_vlm, image_batch):
         prefix = KVCache()
         model(**dict(inputs, attention_mask=None), kv_cache=prefix)
         tokens = torch.tensor([[9], [10]])
-        shared = model(input_ids=tokens, position_ids=torch.full((2, 1), n), kv_cache=SharedPrefixKVCache(prefix, 2))[0]
-        dense = model(input_ids=tokens, position_ids=torch.full((2, 1), n), kv_cache=prefix.expand(2))[0]
-    assert (shared - dense).abs().max() < 1e-12
+        pos = torch.full((2, 1), n)
+        dense = model(input_ids=tokens, position_ids=pos, kv_cache=prefix.expand(2))[0]
+        for cache in (SharedPrefixKVCache(prefix, 2), RowCache(prefix, 2)):  # RowCache: its own decode step
+            shared = model(input_ids=tokens, position_ids=pos, kv_cache=cache)[0]
+            shared = torch.cat([shared, model(input_ids=tokens + 1, position_ids=pos + 1, kv_cache=cache)[0]], 1)
+            again = prefix.expand(2)
+            dense = torch.cat([model(input_ids=tokens, position_ids=pos, kv_cache=again)[0],
+                               model(input_ids=tokens + 1, position_ids=pos + 1, kv_cache=again)[0]], 1)
+            assert (shared - dense).abs().max() < 1e-12
 
 
 def test_batched_greedy_equals_unbatched(tiny_vlm):

@@ -24,8 +24,8 @@ def _image():
 def _run(model, tok, judge, **opts):
     results = {}
     for reference in (False, True):
-        search = StagedSearch(model, tok, judge=judge, judge_sampling=JUDGE_SAMPLING,
-                              options=SearchOptions(reference=reference, **opts))
+        search = StagedSearch(model, tok, judge=judge,
+                              options=SearchOptions(reference=reference, judge_sampling=JUDGE_SAMPLING, **opts))
         with ForwardCounter(model) as count:
             result = search(_image(), QUESTION, seed=5)
         results[reference] = (result, count.snapshot())
@@ -111,10 +111,10 @@ def test_tournament_plan_is_the_reference_procedure():
 def test_every_judgment_is_logged(tiny_vlm, tmp_path):
     model, tok = tiny_vlm
     path = tmp_path / "judgments.jsonl"
-    search = StagedSearch(model, tok, judge="self", log=str(path), judge_sampling=JUDGE_SAMPLING,
-                          options=SearchOptions(n=2, max_step_tokens=2))
+    search = StagedSearch(model, tok, judge="self", log=str(path),
+                          options=SearchOptions(n=2, max_step_tokens=2, judge_sampling=JUDGE_SAMPLING))
     result = search(_image(), QUESTION, question_id="q7", seed=3)
-    search.log.close()
+    search.close()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [x["stage"] for x in lines] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
     for line, step in zip(lines, result.steps):

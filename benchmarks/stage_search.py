@@ -1,0 +1,169 @@
+"""Staged search: the reference procedure against the fast one, on the same model and questions.
+
+    python benchmarks/stage_search.py [--preset cogvlm-tiny | --from_pretrained CKPT] [--device cpu]
+                                      [--questions K] [--ns 2,4,8] [--judge logprob|self] [--mode stage]
+
+For each N the same K questions (`dataset.synth` items at the model's image size) are answered by
+`StagedSearch` twice: `reference=True` (one candidate at a time, image and prefix re-encoded for every
+candidate and judge call, as the LLaVA-CoT reference code) and the fast runner (one batch of N rows
+over the shared prefix, the winner's cache kept). Printed per run: wall time, LM forward tokens
+(positions through the language model, counted by a forward pre-hook), LM calls, ViT images, peak
+memory, and whether both runs chose the same answers. Each (N, runner) runs --repeats times (same
+answers and counts every time); the table keeps the fastest wall time, as timing noise only adds. The LAST line is a JSON object
+{N: {"speedup_wall": t_ref / t_fast, "forward_token_ratio": tokens_ref / tokens_fast}}.
+
+Memory: "KV MB" is the largest KV cache a single forward attended over (prefix + all rows' own tokens
+in the fast mode, one candidate's dense cache in the reference), from `ForwardCounter`. "peak MB": on GPU the peak of torch.cuda.max_memory_allocated over the run minus the memory allocated at
+its start; on CPU the peak resident set size (psutil, sampled every 2 ms, after malloc_trim) minus the RSS at its
+start: it also sees allocator behaviour and other buffers, so read it as a rough figure.
+
+A random-weight model (cogvlm-tiny) rarely writes a stage's end tag, so every candidate runs to the
+per-step cap (--max-stage-tokens, default 16): the run is "every stage at the cap", the honest worst case
+for the fast mode's early stopping. Pass a trained checkpoint with --from_pretrained for real stages.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from dataset.synth import CATEGORIES, item_rng, make_item  # noqa: E402
+from inference.cli_demo import load_model  # noqa: E402
+from inference.generation import ForwardCounter  # noqa: E402
+from inference.image import image_size_of  # noqa: E402
+from inference.options import REFERENCE_SAMPLING, SEARCH_MODES, SearchOptions, derive_seed  # noqa: E402
+from inference.search import StagedSearch  # noqa: E402
+
+
+class PeakMemory:
+    """Peak memory over a block, above its level at the start (bytes); `kind` says what was measured."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.kind = "cuda max_memory_allocated" if self.cuda else "CPU peak RSS (sampled)"
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            import ctypes
+            import psutil
+            try:  # hand freed heap back to the OS first, so this run's growth shows in the RSS
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except OSError:
+                pass
+            self._proc = psutil.Process()
+            self.start = self.peak_rss = self._proc.memory_info().rss
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+            self.peak = self.peak_rss - self.start
+
+
+def questions(k: int, image_size: int, seed: int):
+    items = [make_item(item_rng(seed, "test", i), CATEGORIES[i % len(CATEGORIES)], image_size) for i in range(k)]
+    return [(it.image, it.prompt) for it in items]
+
+
+def run(model, tokenizer, template, qs, opts: SearchOptions, judge: str, judge_tokens: int, device):
+    opts = opts.replace(judge_sampling=REFERENCE_SAMPLING.replace(max_new_tokens=judge_tokens))
+    search = StagedSearch(model, tokenizer, judge=judge, options=opts, template=template)
+    texts = []
+    with ForwardCounter(model) as count, PeakMemory(device) as mem:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i, (image, prompt) in enumerate(qs):
+            texts.append(search(image, prompt, seed=derive_seed(opts.seed, i)).text)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    return {"wall_s": wall, **count.snapshot(), "peak_mem_mb": mem.peak / 2 ** 20, "mem_kind": mem.kind,
+            "kv_peak_mb": count.kv_peak_bytes / 2 ** 20,
+            "texts": texts}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cogvlm-tiny", help="preset name (random weights for cogvlm-tiny)")
+    p.add_argument("--from_pretrained", default=None, help="a checkpoint directory (overrides --preset)")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--questions", type=int, default=3)
+    p.add_argument("--ns", default="2,4,8", help="candidates per step, comma-separated")
+    p.add_argument("--mode", default="stage", choices=SEARCH_MODES)
+    p.add_argument("--judge", default="logprob", choices=("logprob", "self"))
+    p.add_argument("--max-stage-tokens", type=int, default=16, help="cap per candidate per step")
+    p.add_argument("--judge-max-tokens", type=int, default=16, help="cap per self-judge verdict")
+    p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (1: no OpenMP spinning on a busy box)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="runs per (N, runner); the fastest wall time is kept")
+    args = p.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    margs = argparse.Namespace(from_pretrained=args.from_pretrained or args.preset, tokenizer=args.tokenizer,
+                               template=None, device=args.device, bf16=args.bf16, fp16=False, model_seed=args.seed)
+    model, tokenizer, template = load_model(margs)
+    device = next(model.parameters()).device
+    size = image_size_of(model.args)[0]
+    qs = questions(args.questions, size, args.seed)
+    print(f"model {margs.from_pretrained} on {device} ({next(model.parameters()).dtype}), {args.questions} questions, "
+          f"mode {args.mode}, judge {args.judge}, per-step cap {args.max_stage_tokens} tokens, "
+          f"torch threads {torch.get_num_threads()}")
+    # warm-up (allocator, kernels) outside the measurements
+    run(model, tokenizer, template, qs[:1], SearchOptions(mode=args.mode, n=2, max_step_tokens=2), args.judge, 2,
+        device)
+    header = (f"{'N':>3} {'runner':<10} {'wall s':>8} {'LM tokens':>10} {'LM calls':>9} {'ViT imgs':>9} "
+              f"{'KV MB':>7} {'peak MB':>8} {'same':>5}")
+    rows, summary, kind = [header, "-" * len(header)], {}, None
+    for n in [int(x) for x in args.ns.split(",")]:
+        res = {}
+        for reference in (True, False):
+            opts = SearchOptions(mode=args.mode, n=n, max_step_tokens=args.max_stage_tokens, reference=reference,
+                                 seed=args.seed)
+            runs = [run(model, tokenizer, template, qs, opts, args.judge, args.judge_max_tokens, device)
+                    for _ in range(args.repeats)]
+            assert all(r["texts"] == runs[0]["texts"] and r["lm_tokens"] == runs[0]["lm_tokens"] for r in runs)
+            res[reference] = min(runs, key=lambda r: r["wall_s"])
+            res[reference]["peak_mem_mb"] = max(r["peak_mem_mb"] for r in runs)
+            kind = res[reference]["mem_kind"]
+        same = sum(a == b for a, b in zip(res[True]["texts"], res[False]["texts"]))
+        for reference, name in ((True, "reference"), (False, "fast")):
+            r = res[reference]
+            rows.append(f"{n:>3} {name:<10} {r['wall_s']:>8.2f} {r['lm_tokens']:>10} {r['lm_calls']:>9} "
+                        f"{r['vision_images']:>9} {r['kv_peak_mb']:>7.2f} {r['peak_mem_mb']:>8.1f} {f'{same}/{len(qs)}':>5}")
+        summary[str(n)] = {"speedup_wall": round(res[True]["wall_s"] / res[False]["wall_s"], 3),
+                           "forward_token_ratio": round(res[True]["lm_tokens"] / res[False]["lm_tokens"], 3)}
+    print("\n".join(rows))
+    print(f"(KV MB: the largest KV cache one forward attended over; peak MB: {kind} above the run's start; "
+          "'same': questions where both runners chose the same answer)")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
