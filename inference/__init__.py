@@ -4,14 +4,13 @@
     from inference.evaluate import evaluate     # (the module keeps its name: inference.evaluate.evaluate)
 """
 from .chat import Chat, ContextTooLong
-from . import evaluate  # the module: `inference.evaluate.evaluate(...)` is the evaluation API
 from .generation import ForwardCounter, StopCriteria
 from .judges import ApiJudge, Judge, LogprobJudge, SelfJudge, Verdict, make_judge, parse_verdict
 from .options import DEFAULT_STAGES, GREEDY, SamplingOptions, SearchOptions, StageSpec
 from .prompt import Prompt, build_prompt
 from .search import JudgmentLog, SearchResult, StagedSearch
 
-__all__ = ["Chat", "ContextTooLong", "evaluate", "ForwardCounter",
+__all__ = ["Chat", "ContextTooLong", "ForwardCounter",
            "StopCriteria", "ApiJudge", "Judge", "LogprobJudge", "SelfJudge", "Verdict", "make_judge",
            "parse_verdict", "DEFAULT_STAGES", "GREEDY", "SamplingOptions", "SearchOptions", "StageSpec", "Prompt",
            "build_prompt", "JudgmentLog", "SearchResult", "StagedSearch"]

@@ -212,10 +212,12 @@ def summarize(records: Sequence[dict]) -> dict:
 
 
 def format_table(summary: dict, mode: str = "") -> str:
-    lines = [f"{'category':<16} {'n':>5} {'accuracy':>9}"]
+    overall = "overall" + (f" ({mode})" if mode else "")
+    width = max([len(overall)] + [len(c) for c in summary["per_category"]])
+    lines = [f"{'category':<{width}} {'n':>5} {'accuracy':>9}"]
     for c, acc in summary["per_category"].items():
-        lines.append(f"{c:<16} {summary['counts'][c]:>5} {acc:>9.3f}")
-    lines.append(f"{'overall' + (f' ({mode})' if mode else ''):<16} {summary['n']:>5} {summary['accuracy']:>9.3f}")
+        lines.append(f"{c:<{width}} {summary['counts'][c]:>5} {acc:>9.3f}")
+    lines.append(f"{overall:<{width}} {summary['n']:>5} {summary['accuracy']:>9.3f}")
     return "\n".join(lines)
 
 

@@ -86,6 +86,10 @@ def test_winner_is_never_re_encoded(tiny_vlm):
     own = sum(c.row.fed for s in result.steps for c in s.candidates)  # tokens each row ran (not its last)
     pending = len(result.steps) - 1  # each earlier winner's last token runs once, batch 1
     assert count.lm_tokens == len(prompt) + own + pending and count.vision_images == 1
+    # memory: the largest cache attended over is the prefix once plus each row's own tokens (N x new tokens)
+    per_token = model.args.num_layers * 2 * model.args.hidden_size * 8  # keys + values, float64
+    answer = sum(len(s.candidates[s.winner].tokens) for s in result.steps)
+    assert count.kv_peak_bytes <= per_token * (len(prompt) + answer + 4 * 4)
 
 
 def test_tournament_plan_is_the_reference_procedure():
