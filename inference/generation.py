@@ -107,18 +107,28 @@ class RowCache(SharedPrefixKVCache):
         return out
 
     def attend(self, layer_id: int, q, k, v, mask: Optional[torch.Tensor] = None):
-        """One new token per row (decoding): the same split softmax as the parent with fewer ops."""
-        if q.shape[2] != 1 or mask is not None:
+        """Rows attend over the shared prefix and their own tokens (one softmax over both, as the parent).
+
+        mask (optional, [n|1, 1, q, P + T], >0 = may attend): which prefix and own positions each new token
+        sees, for rows whose own tokens are left-padded (`generate_ragged`); None = causal.
+        """
+        if q.shape[2] > 1 and mask is None:
             return super().attend(layer_id, q, k, v, mask)
+        n, h, sq, d = q.shape
         ks, vs = self.suffix.append(layer_id, k, v)  # [n, h, T, d]
         kp, vp = self.prefix.keys[layer_id], self.prefix.values[layer_id]  # [1, h, P, d]
         acc = torch.promote_types(q.dtype, torch.float32)
-        rows = q.transpose(0, 2)  # [n, h, 1, d] -> [1, h, n, d]: the rows as queries of the one prefix
-        scores = torch.cat(((rows @ kp.transpose(-1, -2)).to(acc),  # [1, h, n, P]
-                            (q @ ks.transpose(-1, -2)).to(acc).transpose(0, 2)), dim=-1)  # [1, h, n, T]
-        probs = torch.softmax(scores * q.shape[-1] ** -0.5, dim=-1).to(q.dtype)
+        rows = q.permute(1, 0, 2, 3).reshape(1, h, n * sq, d)  # the rows' queries against the one prefix
+        s_prefix = (rows @ kp.transpose(-1, -2)).to(acc).reshape(h, n, sq, -1).permute(1, 0, 2, 3)  # [n, h, sq, P]
+        s_own = (q @ ks.transpose(-1, -2)).to(acc)  # [n, h, sq, T]
+        scores = torch.cat((s_prefix, s_own), dim=-1) * d ** -0.5
+        if mask is not None:
+            scores = scores.masked_fill(~(mask > 0), float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(q.dtype)
         p_prefix, p_own = probs.split([kp.shape[2], ks.shape[2]], dim=-1)
-        return (p_prefix @ vp).transpose(0, 2) + p_own.transpose(0, 2) @ vs  # [n, h, 1, d]
+        p_prefix = p_prefix.permute(1, 0, 2, 3).reshape(1, h, n * sq, -1)
+        out = (p_prefix @ vp).reshape(h, n, sq, d).permute(1, 0, 2, 3)  # [n, h, sq, d]
+        return out + p_own @ vs
 
     def row_kv(self, row: int, length: int) -> Dict[int, Tuple[torch.Tensor, torch.Tensor]]:
         """Row `row`'s own keys/values of its first `length` tokens (copies, so the batch can be freed)."""
@@ -352,6 +362,35 @@ def left_pad(prompts: Sequence[Prompt], pad_id: int, device=None) -> Dict[str, t
         key_mask[i, s:] = True
     out["key_mask"] = key_mask
     return {k: v.to(device) for k, v in out.items()}
+
+
+def generate_ragged(model, prefix: Prefix, prompts: Sequence[Prompt], generators, *, options: SamplingOptions,
+                    stop: StopCriteria, tokenizer, max_new_tokens: int) -> List[Row]:
+    """Generate for several prompts that all start with `prefix` (its ids) but go on differently, as one
+    batch over the shared prefix: the different rests are left-padded and masked; `prefix` is not copied."""
+    start = len(prefix.ids)
+    if prefix.pending or any(tuple(p.input_ids[:start]) != tuple(prefix.ids) or len(p) <= start for p in prompts):
+        raise ValueError("every prompt must extend the prefix's ids by at least one token")
+    if any(any(p.image_embed_mask[start:]) for p in prompts):
+        raise ValueError("the prompts' image spans must lie inside the shared prefix")
+    device = next(model.parameters()).device
+    rests = [Prompt(p.input_ids[start:], p.position_ids[start:], p.image_embed_mask[start:],
+                    p.vision_expert_mask[start:], 0) for p in prompts]
+    t = left_pad(rests, tokenizer.pad_token_id, device)
+    n, s = t["input_ids"].shape
+    own = t["key_mask"]  # [n, s] real tokens of each rest
+    causal = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+    eye = torch.eye(s, dtype=torch.bool, device=device)
+    own_mask = (causal[None] & own[:, None, :]) | eye[None]  # [n, s, s]; a pad sees itself only
+    key_mask = torch.cat([own.new_ones(n, start), own], dim=1)  # [n, P + s]
+    mask = torch.cat([own.new_ones(n, s, start), own_mask], dim=2)[:, None]  # [n, 1, s, P + s]
+    cache = RowCache(prefix.cache, n)
+    logits = lm_logits(model, t["input_ids"], t["position_ids"], cache, attention_mask=mask, last_only=True)[:, -1]
+    rows = [Row(generator=g) for g in generators]
+    positions = torch.tensor([p.next_position for p in prompts], device=device)
+    decode(model, cache, logits, positions, rows, options=options, stop=stop, tokenizer=tokenizer,
+           max_new_tokens=max_new_tokens, key_mask=key_mask)
+    return rows
 
 
 def generate_batch(model, prompts: Sequence[Prompt], image_embeds: Optional[torch.Tensor], *, tokenizer,

@@ -57,15 +57,19 @@ class Verdict:
 @dataclass
 class Match:
     """What a judge may use for one judgment. `ask(query, with_image, seed)` runs the searched model on
-    a judge prompt (reusing its cached image prefix in the fast mode) and returns the text."""
+    a judge prompt (reusing its cached image prefix in the fast mode) and returns the text; `ask_many`
+    does that for several prompts at once."""
     question: str
     kind: str  # summary | caption | reasoning | conclusion | all | sentence | a custom stage name, lower case
     stage: Optional[StageSpec]
     stages: Sequence[StageSpec]
     previous: str  # the answer text before this step
-    seed: int
+    seed: int  # this judgment's seed
+    step_seed: int = 0  # the step's seed (per-candidate checks are seeded from it: the same in every match)
     image: object = None  # the PIL image (for the api judge)
     ask: Optional[Callable[[str, bool, int], str]] = None
+    # several (query, with_image, seed) at once -> their texts; the fast search decodes them as one batch
+    ask_many: Optional[Callable[[Sequence[Tuple[str, bool, int]]], List[str]]] = None
 
 
 class Judge:
@@ -73,6 +77,10 @@ class Judge:
 
     def __call__(self, match: Match, a: Candidate, b: Candidate) -> Verdict:
         raise NotImplementedError
+
+    def judge_many(self, items: Sequence[Tuple[Match, Candidate, Candidate]]) -> List[Verdict]:
+        """Independent judgments (the matches of one tournament round); by default one after another."""
+        return [self(m, a, b) for m, a, b in items]
 
 
 class LogprobJudge(Judge):
@@ -210,30 +218,60 @@ class JudgeError(RuntimeError):
 
 
 class PromptJudge(Judge):
-    """Judges by asking a model the LLaVA-CoT judge prompts; subclasses say how a prompt is answered."""
+    """Judges by asking a model the LLaVA-CoT judge prompts; subclasses say how a prompt is answered.
+
+    As in the reference, the reasoning stage first checks each response alone ("correct"/"incorrect":
+    an incorrect first response loses, else an incorrect second one), then compares the two. The checks
+    are seeded per candidate, so a candidate gets the same check in every match.
+    """
 
     def ask(self, match: Match, query: str, with_image: bool, seed: int) -> str:
         raise NotImplementedError
 
+    def ask_many(self, match: Match, requests: Sequence[Tuple[str, bool, int]]) -> List[str]:
+        return [self.ask(match, q, img, seed) for q, img, seed in requests]
+
     def __call__(self, match: Match, a: Candidate, b: Candidate) -> Verdict:
-        outputs, hint = judged_texts(match, a, b)
+        return self.judge_many([(match, a, b)])[0]
+
+    def judge_many(self, items: Sequence[Tuple[Match, Candidate, Candidate]]) -> List[Verdict]:
+        if not items:
+            return []
+        first = items[0][0]
+        texts = [judged_texts(m, a, b) for m, a, b in items]
+        verdicts: List[Optional[Verdict]] = [None] * len(items)
         try:
-            if match.kind == "reasoning":
-                for k, (cand, out) in enumerate(zip((a, b), outputs)):
-                    # seeded per candidate: the same check gives the same answer in every match
-                    check = self.ask(match, reasoning_check_query(hint, out), False,
-                                     derive_seed(match.seed, "check", cand.index))
-                    if is_incorrect(check):
-                        return Verdict(1 - k, f"response {k + 1} was judged incorrect", check)
-            raw = self.ask(match, judge_query(match, outputs, hint), True, derive_seed(match.seed, "judge"))
+            checks = {}  # the reasoning checks of every match of the round, asked together
+            for i, (m, a, b) in enumerate(items):
+                if m.kind == "reasoning":
+                    outs, hint = texts[i]
+                    for cand, out in zip((a, b), outs):
+                        checks[(i, cand.index)] = (reasoning_check_query(hint, out), False,
+                                                   derive_seed(m.step_seed, "check", cand.index))
+            answers = dict(zip(checks, self.ask_many(first, list(checks.values())))) if checks else {}
+            for i, (m, a, b) in enumerate(items):
+                for k, cand in enumerate((a, b)):
+                    check = answers.get((i, cand.index))
+                    if check is not None and is_incorrect(check):
+                        verdicts[i] = Verdict(1 - k, f"response {k + 1} was judged incorrect", check)
+                        break
+            todo = [i for i, v in enumerate(verdicts) if v is None]
+            raws = self.ask_many(first, [(judge_query(items[i][0], *texts[i]), True,
+                                          derive_seed(items[i][0].seed, "judge")) for i in todo])
         except JudgeError as e:
             log.warning("%s judge failed (%s); falling back to mean log-prob", self.name, e)
-            return logprob_verdict(a, b, f"{self.name} judge failed ({e}); fell back to ", "", True)
-        winner, reason = parse_verdict(raw)
-        if winner is None:
-            log.info("%s judge verdict unclear (%r); falling back to mean log-prob", self.name, raw[:80])
-            return logprob_verdict(a, b, "verdict unclear; fell back to ", raw, True)
-        return Verdict(winner, reason, raw)
+            return [v if v is not None else logprob_verdict(a, b, f"{self.name} judge failed ({e}); fell back to ",
+                                                            "", True)
+                    for v, (_, a, b) in zip(verdicts, items)]
+        for i, raw in zip(todo, raws):
+            _, a, b = items[i]
+            winner, reason = parse_verdict(raw)
+            if winner is None:
+                log.info("%s judge verdict unclear (%r); falling back to mean log-prob", self.name, raw[:80])
+                verdicts[i] = logprob_verdict(a, b, "verdict unclear; fell back to ", raw, True)
+            else:
+                verdicts[i] = Verdict(winner, reason, raw)
+        return verdicts
 
 
 class SelfJudge(PromptJudge):
@@ -244,6 +282,11 @@ class SelfJudge(PromptJudge):
         if match.ask is None:
             raise JudgeError("the self judge needs the search to provide the model (match.ask)")
         return match.ask(query, with_image, seed)
+
+    def ask_many(self, match: Match, requests: Sequence[Tuple[str, bool, int]]) -> List[str]:
+        if match.ask_many is not None:
+            return match.ask_many(requests)
+        return super().ask_many(match, requests)
 
 
 class ApiJudge(PromptJudge):

@@ -12,7 +12,9 @@ seeded from (seed, step, candidate); the tournament's pairings and the judges' s
   the winner's keys/values are appended to the prefix (never re-encoded). A judge prompt runs only what
   follows its longest common token prefix with a kept cache: the image span `[BOS][BOI][IMG]xL[EOI]`
   (common to the question and every judge prompt with the image; the ViT runs once per question) or
-  the previous judge prompt (same intro and question); a repeated judge call is answered once.
+  the previous judge prompt (same intro and question). The matches of a tournament round are
+  independent: their judge prompts decode as one batch over their common prefix (`generate_ragged`);
+  a repeated judge call (same prompt, same seed) is answered once.
 - `ReferenceRunner` (`SearchOptions(reference=True)`, `--reference`): like the reference code, one
   candidate at a time, with the image and the whole prefix re-encoded for every candidate and every
   judge call.
@@ -27,10 +29,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .generation import (Prefix, StopCriteria, commit, generate_one, make_generator, ready, run_prompt,
-                         sample_rows)
+from .generation import (Prefix, StopCriteria, commit, generate_one, generate_ragged, make_generator, ready,
+                         run_prompt, sample_rows)
 from .image import ImageLike, Pixels, image_size_of, model_device_dtype, open_image
-from .judges import Candidate, Judge, Match, Verdict, make_judge
+from .judges import Candidate, Judge, Match, make_judge
 from .options import SearchOptions, StageSpec, derive_seed
 from .prompt import Prompt, build_prompt, common_prefix_length
 
@@ -122,33 +124,58 @@ class FastRunner(_Runner):
         self.state = commit(self.state, row)
         self.answer_ids += row.tokens
 
-    def _run_cached(self, prompt: Prompt) -> Prefix:
-        """Run `prompt` from the longest token prefix it shares with a kept cache: at least the image span
-        (common to the question and every judge prompt with the image); the head of the previous judge
-        prompt of the step (intro + question) too."""
+    def _cached(self, prompt: Prompt, stop: int, need_logits: bool = True) -> Prefix:
+        """prompt[:stop], run only after the longest token prefix it shares with a kept cache: at least the
+        image span (common to the question and every judge prompt with the image), and the previous judge
+        prompt's head (same intro and question) when there is one."""
+        cap = stop - 1 if need_logits else stop
         best, keep = None, 0
         for kept in ([self.image_prefix] if self.image_prefix is not None else []) + self._kept:
-            n = min(common_prefix_length(kept.ids, prompt.input_ids), len(prompt) - 1)
+            n = min(common_prefix_length(kept.ids, prompt.input_ids), cap)
             if n > keep and (n >= prompt.image_end or not prompt.has_image):
                 best, keep = kept, n
         if best is None:
-            return run_prompt(self.s.model, prompt, image_embeds=self.embeds)
+            return run_prompt(self.s.model, prompt, image_embeds=self.embeds, stop=stop)
         base = Prefix(best.cache.truncate(keep), list(prompt.input_ids[:keep]), prompt.position_ids[keep - 1] + 1,
                       None)
-        return run_prompt(self.s.model, prompt, start=keep, base=base)
+        return base if keep == stop else run_prompt(self.s.model, prompt, start=keep, base=base, stop=stop)
+
+    def _keep(self, prefix: Prefix) -> None:
+        self._kept = (self._kept + [prefix])[-self.KEEP_PROMPTS:]
 
     def ask(self, query: str, with_image: bool, seed: int) -> str:
+        return self.ask_many([(query, with_image, seed)])[0]
+
+    def ask_many(self, requests) -> List[str]:
+        """Judge prompts answered together: those with a common prefix decode as one batch over it."""
         s = self.s
-        prompt = self._judge_prompt(query, with_image)
-        key = (prompt.input_ids, seed)
-        if key in self._answers:  # the same prompt with the same seed: the same answer
-            return self._answers[key]
-        prefix = self._run_cached(prompt)
-        self._kept = (self._kept + [prefix])[-self.KEEP_PROMPTS:]
-        row = generate_one(s.model, prefix, make_generator(seed), options=s.options.judge_sampling, stop=StopCriteria(),
-                           tokenizer=s.tokenizer, max_new_tokens=s.options.judge_sampling.max_new_tokens)
-        self._answers[key] = row.text
-        return row.text
+        opts = s.options.judge_sampling
+        prompts = [self._judge_prompt(q, img) for q, img, _ in requests]
+        keys = [(p.input_ids, seed) for p, (_, _, seed) in zip(prompts, requests)]
+        todo = {}
+        for p, key in zip(prompts, keys):
+            if key not in self._answers:  # the same prompt with the same seed: the same answer
+                todo.setdefault(key, p)
+        for has_image in (True, False):
+            group = [(key, p) for key, p in todo.items() if p.has_image == has_image]
+            if len(group) == 1:
+                (key, p), = group
+                prefix = self._cached(p, len(p))
+                self._keep(prefix)
+                row = generate_one(s.model, prefix, make_generator(key[1]), options=opts, stop=StopCriteria(),
+                                   tokenizer=s.tokenizer, max_new_tokens=opts.max_new_tokens)
+                self._answers[key] = row.text
+            elif group:
+                first = group[0][1]
+                common = min(min(common_prefix_length(first.input_ids, p.input_ids), len(p) - 1) for _, p in group)
+                head = self._cached(first, common, need_logits=False)
+                self._keep(head)
+                rows = generate_ragged(s.model, head, [p for _, p in group], [make_generator(k[1]) for k, _ in group],
+                                       options=opts, stop=StopCriteria(), tokenizer=s.tokenizer,
+                                       max_new_tokens=opts.max_new_tokens)
+                for (key, _), row in zip(group, rows):
+                    self._answers[key] = row.text
+        return [self._answers[key] for key in keys]
 
 
 class ReferenceRunner(_Runner):
@@ -174,6 +201,9 @@ class ReferenceRunner(_Runner):
     def commit(self, row) -> None:
         self.answer_ids += row.tokens
 
+    def ask_many(self, requests) -> List[str]:
+        return [self.ask(q, img, seed) for q, img, seed in requests]
+
     def ask(self, query, with_image: bool, seed: int) -> str:
         s = self.s
         prefix = self._encode(self._judge_prompt(query, with_image))
@@ -195,6 +225,15 @@ def plan_tournament(n: int, rng: random.Random) -> List[Tuple[tuple, tuple]]:
         matches.append((first, second))
         pool.append(("w", len(matches) - 1))
     return matches
+
+
+def tournament_rounds(plan: Sequence[Tuple[tuple, tuple]]) -> List[List[int]]:
+    """Match indices grouped by round: a match is ready once the matches whose winners it takes are
+    judged. Judging round by round gives the same winners as judging in plan order."""
+    depth: Dict[int, int] = {}
+    for m, pair in enumerate(plan):
+        depth[m] = 1 + max((depth[k] for kind, k in pair if kind == "w"), default=0)
+    return [[m for m in range(len(plan)) if depth[m] == d] for d in sorted(set(depth.values()))]
 
 
 class StagedSearch:
@@ -281,22 +320,25 @@ class StagedSearch:
         if n == 1:
             return step
         previous = runner.answer_text()
+        step_seed = derive_seed(seed, index, "step")
         resolved: Dict[tuple, int] = {("c", i): i for i in range(n)}
         plan = plan_tournament(n, random.Random(derive_seed(seed, index, "tournament")))
-        for m, (first, second) in enumerate(plan):
-            i, j = resolved[first], resolved[second]
-            match = Match(question=question, kind=kind, stage=stage, stages=self.options.stages, previous=previous,
-                          seed=derive_seed(seed, index, "match", m), image=runner.image, ask=runner.ask)
-            verdict: Verdict = self.judge(match, cands[i], cands[j])
-            winner = i if verdict.winner == 0 else j
-            resolved[("w", m)] = winner
-            record = {"question_id": question_id, "step": index, "stage": name, "kind": kind, "match": m,
-                      "pair": [i, j], "candidates": [cands[i].text, cands[j].text], "winner": winner,
-                      "verdict": verdict.winner + 1, "reason": verdict.reason, "raw": verdict.raw,
-                      "fallback": verdict.fallback, "judge": self.judge.name,
-                      "mode": "reference" if self.options.reference else "fast"}
-            step.judgments.append(record)
-            if self.log is not None:
-                self.log.write(record)
+        for round_ in tournament_rounds(plan):  # matches of a round are independent: judged together
+            pairs = [(m, resolved[plan[m][0]], resolved[plan[m][1]]) for m in round_]
+            items = [(Match(question=question, kind=kind, stage=stage, stages=self.options.stages,
+                            previous=previous, seed=derive_seed(seed, index, "match", m), step_seed=step_seed,
+                            image=runner.image, ask=runner.ask, ask_many=runner.ask_many), cands[i], cands[j])
+                     for m, i, j in pairs]
+            for (m, i, j), verdict in zip(pairs, self.judge.judge_many(items)):
+                winner = i if verdict.winner == 0 else j
+                resolved[("w", m)] = winner
+                record = {"question_id": question_id, "step": index, "stage": name, "kind": kind, "match": m,
+                          "pair": [i, j], "candidates": [cands[i].text, cands[j].text], "winner": winner,
+                          "verdict": verdict.winner + 1, "reason": verdict.reason, "raw": verdict.raw,
+                          "fallback": verdict.fallback, "judge": self.judge.name,
+                          "mode": "reference" if self.options.reference else "fast"}
+                step.judgments.append(record)
+                if self.log is not None:
+                    self.log.write(record)
         step.winner = resolved[("w", len(plan) - 1)]
         return step

@@ -4,11 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.generation import (ForwardCounter, RowCache, StopCriteria, commit, generate_batch,
-                                  generate_one, make_generator, ready, run_prompt, sample_next, sample_rows)
+from inference.generation import (ForwardCounter, Prefix, RowCache, StopCriteria, commit, generate_batch,
+                                  generate_one, generate_ragged, make_generator, ready, run_prompt, sample_next,
+                                  sample_rows)
 from inference.image import Pixels
 from inference.options import GREEDY, SamplingOptions
-from inference.prompt import build_prompt
+from inference.prompt import build_prompt, common_prefix_length
 from models.kv_cache import KVCache, SharedPrefixKVCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,3 +143,26 @@ def test_batched_greedy_equals_unbatched(tiny_vlm):
         alone = generate_batch(model, [p], _embeds(model, img), tokenizer=tok, options=GREEDY, stop=stop,
                                max_new_tokens=5)[0]
         assert alone.tokens == row.tokens and len(row.tokens) > 0
+
+
+def test_prompts_with_a_common_head_decode_as_one_ragged_batch(tiny_vlm):
+    """Judge prompts of one round: a shared (image + head) prefix, rests of different lengths."""
+    model, tok = tiny_vlm
+    heads = "Now you act as a judge. Question: what is it?"
+    prompts = [build_prompt(tok, heads + tail, image_length=L) for tail in
+               ("\nResponse 1: a red one\nResponse 2: blue", "\nResponse 1: x\nResponse 2: y", "\nno")]
+    assert len({len(p) for p in prompts}) == 3
+    full = run_prompt(model, prompts[0], image_embeds=_embeds(model, _image()))
+    common = min(common_prefix_length(prompts[0].input_ids, p.input_ids) for p in prompts[1:])
+    assert common > L + 3
+    head = Prefix(full.cache.truncate(common), list(prompts[0].input_ids[:common]),
+                  prompts[0].position_ids[common - 1] + 1, None)
+    seeds = (5, 6, 7)
+    with ForwardCounter(model) as count:
+        rows = generate_ragged(model, head, prompts, [make_generator(s) for s in seeds], options=SAMPLING,
+                               stop=StopCriteria(), tokenizer=tok, max_new_tokens=4)
+    assert count.lm_calls <= 4 and count.vision_images == 0  # the rests in one call, then one per token
+    for p, s, row in zip(prompts, seeds, rows):
+        alone = generate_one(model, run_prompt(model, p, image_embeds=_embeds(model, _image())), make_generator(s),
+                             options=SAMPLING, stop=StopCriteria(), tokenizer=tok, max_new_tokens=4)
+        assert alone.tokens == row.tokens and torch.allclose(torch.tensor(alone.logprobs), torch.tensor(row.logprobs))

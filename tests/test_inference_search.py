@@ -10,7 +10,7 @@ from PIL import Image
 from inference.generation import ForwardCounter
 from inference.prompt import build_prompt
 from inference.options import REFERENCE_SAMPLING, SearchOptions, StageSpec
-from inference.search import StagedSearch, plan_tournament
+from inference.search import StagedSearch, plan_tournament, tournament_rounds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUESTION = "What color is the shape?\nOptions: A. red B. blue C. green D. yellow"
@@ -43,14 +43,15 @@ def _same_choices(fast, ref):
 
 def test_stage_mode_fast_equals_reference_with_the_self_judge(tiny_vlm):
     model, tok = tiny_vlm
-    (fast, fast_count), (ref, ref_count) = _run(model, tok, "self", mode="stage", n=3, max_step_tokens=3)
+    (fast, fast_count), (ref, ref_count) = _run(model, tok, "self", mode="stage", n=4, max_step_tokens=3)
     _same_choices(fast, ref)
     assert [s.name for s in fast.steps] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
     judged = [j for s in fast.steps for j in s.judgments]
-    assert len(judged) == 4 * 2 and all(j["raw"] or j["reason"] for j in judged)  # n - 1 matches per stage
+    assert len(judged) == 4 * 3 and all(j["raw"] or j["reason"] for j in judged)  # n - 1 matches per stage
     assert fast_count["vision_images"] == 1  # the ViT ran once for candidates and judges
-    assert ref_count["vision_images"] == 4 * 3 + 4 * 2  # per candidate and per judge prompt with the image
+    assert ref_count["vision_images"] == 4 * 4 + 4 * 3  # per candidate and per judge prompt with the image
     assert fast_count["lm_tokens"] < ref_count["lm_tokens"] / 2
+    assert fast_count["lm_calls"] < ref_count["lm_calls"]
 
 
 def test_best_of_n_fast_equals_reference(tiny_vlm):
@@ -110,6 +111,15 @@ def test_tournament_plan_is_the_reference_procedure():
             resolved[("w", m)] = a if better(a, b) == 0 else b
         assert len(plan) == n - 1
         assert (resolved[("w", n - 2)] if n > 1 else 0) == pool[0]
+        by_round = {("c", i): i for i in range(n)}  # judging round by round: the same winners
+        rounds = tournament_rounds(plan)
+        assert sorted(m for r in rounds for m in r) == list(range(n - 1))
+        for r in rounds:
+            for m in r:
+                a, b = by_round[plan[m][0]], by_round[plan[m][1]]
+                by_round[("w", m)] = a if better(a, b) == 0 else b
+        assert all(by_round[("w", m)] == resolved[("w", m)] for m in range(n - 1))
+    assert tournament_rounds(plan_tournament(8, random.Random(0))) != [[m] for m in range(7)]
 
 
 def test_every_judgment_is_logged(tiny_vlm, tmp_path):
