@@ -191,11 +191,16 @@ def _greedy(model, tokenizer, rows, base_dir, template, batch_size, max_new_toke
                             template=template) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))  # similar lengths together: little padding
     stop = StopCriteria(strings=(DEFAULT_STAGES[-1].end,))
+    context = getattr(args, "max_sequence_length", None)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
+        room = max_new_tokens if context is None else min(max_new_tokens, context - len(prompts[idx[-1]]))
+        if room < 1:
+            raise ValueError(f"row {rows[idx[-1]].get('index')}: the prompt ({len(prompts[idx[-1]])} tokens) "
+                             f"fills the model's context ({context})")
         embeds = model.encode_images(pixels([row_image(rows[i], base_dir) for i in idx]))
         out = generate_batch(model, [prompts[i] for i in idx], embeds, tokenizer=tokenizer, options=GREEDY,
-                             stop=stop, max_new_tokens=max_new_tokens)
+                             stop=stop, max_new_tokens=room)
         for i, row in zip(idx, out):
             responses[i] = tokenizer.decode(row.tokens).strip()
         bar.update(len(idx))
