@@ -159,7 +159,7 @@ def lm_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor, cache,
               last_only: bool = False, **image_inputs) -> torch.Tensor:
     """One language-model call over [b, n] tokens with a KV cache; logits [b, n, V] (or [b, 1, V] with
     last_only) in float32, or float64 for a float64 model."""
-    with torch.no_grad():
+    with torch.inference_mode():
         out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                     kv_cache=cache, **image_inputs)[0]
     out = out[:, -1:] if last_only else out
