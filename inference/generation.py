@@ -11,10 +11,12 @@
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from models.kv_cache import KVCache, SharedPrefixKVCache
 
@@ -136,6 +138,95 @@ class RowCache(SharedPrefixKVCache):
                     self.suffix.values[i][row:row + 1, :, :length].clone()) for i in self.suffix.keys}
 
 
+class PackedRowCache:
+    """N rows over a shared prefix, decoded one token per step, with one SDPA call per layer and step.
+
+    Per layer one buffer holds the prefix once and then the rows' own tokens interleaved step-major
+    (row r's s-th token at position P + s*N + r), so the keys of a step are a view of the buffer and a
+    row mask keeps each row to the prefix and its own tokens. Memory: P + N x capacity positions, the
+    prefix is never copied per row. Finished rows leave the batch (`select`) and their slots go unseen.
+    """
+
+    def __init__(self, prefix: KVCache, num_rows: int, capacity: int):
+        if prefix.batch_size != 1:
+            raise ValueError(f"the shared prefix must have batch size 1, got {prefix.batch_size}")
+        self.prefix, self.num_rows, self.capacity = prefix, num_rows, capacity
+        self.prefix_len = prefix.seq_len
+        self.buffers: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.filled: Dict[int, int] = {}  # layer -> steps written (shared with `select` copies)
+        self.row_ids = torch.arange(num_rows)  # original row of each row still in the batch
+        self._masks: Dict[Tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.row_ids)
+
+    @property
+    def seq_len(self) -> int:
+        return self.prefix_len + max(self.filled.values(), default=0) * self.num_rows
+
+    def nbytes(self) -> int:
+        """Bytes of the positions in use (prefix once + every row's own tokens so far)."""
+        if not self.buffers:
+            return self.prefix.nbytes()
+        k = next(iter(self.buffers.values()))[0]
+        per_position = k.shape[1] * k.shape[3] * k.element_size() * 2 * len(self.buffers)
+        return self.seq_len * per_position
+
+    def _buffer(self, layer_id: int, k: torch.Tensor):
+        if layer_id not in self.buffers:
+            kp, vp = self.prefix.keys[layer_id], self.prefix.values[layer_id]  # [1, h, P, d]
+            shape = (1, kp.shape[1], self.prefix_len + self.num_rows * self.capacity, kp.shape[3])
+            bk, bv = kp.new_zeros(shape), vp.new_zeros(shape)  # unwritten slots must not be NaN (0 x NaN)
+            bk[:, :, :self.prefix_len], bv[:, :, :self.prefix_len] = kp, vp
+            self.buffers[layer_id] = (bk, bv)
+        return self.buffers[layer_id]
+
+    def _row_mask(self, step: int, device) -> torch.Tensor:
+        """[1, 1, n_active, P + (step+1)*N] bool: the prefix, then each row's own slots only."""
+        key = (step, len(self.row_ids))
+        if key not in self._masks:
+            own = torch.arange((step + 1) * self.num_rows, device=device) % self.num_rows
+            rows = self.row_ids.to(device)
+            mask = torch.ones(len(rows), self.prefix_len + len(own), dtype=torch.bool, device=device)
+            mask[:, self.prefix_len:] = own[None, :] == rows[:, None]
+            self._masks = {key: mask[None, None]}  # only the current step's mask is reused (by every layer)
+        return self._masks[key]
+
+    def attend(self, layer_id: int, q, k, v, mask: Optional[torch.Tensor] = None):
+        """q/k/v [n_active, h, 1, d]: write this step's keys/values, attend over prefix + own tokens."""
+        if mask is not None or q.shape[2] != 1:
+            raise ValueError("PackedRowCache decodes one token per row and step, without an extra mask")
+        step = self.filled.get(layer_id, 0)
+        if step >= self.capacity:
+            raise ValueError(f"PackedRowCache is full ({self.capacity} steps)")
+        bk, bv = self._buffer(layer_id, k)
+        slots = self.prefix_len + step * self.num_rows + self.row_ids.to(k.device)
+        bk[0, :, slots] = k[:, :, 0].transpose(0, 1)  # [h, n_active, d]
+        bv[0, :, slots] = v[:, :, 0].transpose(0, 1)
+        self.filled[layer_id] = step + 1
+        end = self.prefix_len + (step + 1) * self.num_rows
+        rows_as_queries = q[:, :, 0].transpose(0, 1)[None]  # [1, h, n_active, d]
+        out = F.scaled_dot_product_attention(rows_as_queries, bk[:, :, :end], bv[:, :, :end],
+                                             attn_mask=self._row_mask(step, q.device))
+        return out[0].transpose(0, 1)[:, :, None]  # [n_active, h, 1, d]
+
+    def select(self, rows: Sequence[int]) -> "PackedRowCache":
+        out = copy.copy(self)
+        out.row_ids = self.row_ids[torch.as_tensor(list(rows), dtype=torch.long)]
+        out._masks = {}
+        return out
+
+    def row_kv(self, row: int, length: int) -> Dict[int, Tuple[torch.Tensor, torch.Tensor]]:
+        """Row `row` (of the active rows)'s own keys/values of its first `length` tokens, [1, h, length, d]."""
+        original = int(self.row_ids[row])
+        out = {}
+        for i, (bk, bv) in self.buffers.items():
+            slots = self.prefix_len + torch.arange(length, device=bk.device) * self.num_rows + original
+            out[i] = (bk[:, :, slots], bv[:, :, slots])  # advanced indexing copies
+        return out
+
+
 def fork(cache: KVCache) -> KVCache:
     """A cache sharing `cache`'s tensors; appending to it leaves `cache` unchanged (appends concatenate)."""
     return cache.map(lambda t: t)
@@ -251,7 +342,8 @@ def decode_steps(model, cache, logits: torch.Tensor, positions: torch.Tensor, ro
     logits [r, V]: the next-token logits of each row; positions [r]: each row's next rotary position;
     key_mask [r, k]: which cached positions each row may attend (left padding), None = all.
     A token that stops its row (or EOS) is not run through the model; finished rows leave the batch,
-    with their own keys/values kept when keep_kv (the cache must then be a `RowCache`).
+    with their own keys/values kept when keep_kv (the cache must then have `row_kv`: a `RowCache` or
+    `PackedRowCache`).
     """
     eos = tokenizer.eos_token_id
     active = list(range(len(rows)))
@@ -319,7 +411,7 @@ def sample_rows(model, prefix: Prefix, generators: Sequence[Optional[torch.Gener
     n = len(generators)
     rows = [Row(generator=g) for g in generators]
     device = prefix.logits.device
-    decode(model, RowCache(prefix.cache, n), prefix.logits[None].expand(n, -1),
+    decode(model, PackedRowCache(prefix.cache, n, capacity=max_new_tokens), prefix.logits[None].expand(n, -1),
            torch.full((n,), prefix.next_position, dtype=torch.long, device=device), rows,
            options=options, stop=stop, tokenizer=tokenizer, max_new_tokens=max_new_tokens, keep_kv=keep_kv)
     return rows

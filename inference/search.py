@@ -8,7 +8,7 @@ Two runners carry out the same procedure with the same random streams (one gener
 seeded from (seed, step, candidate); the tournament's pairings and the judges' samples likewise):
 
 - `FastRunner` (default): the image is encoded once and the prompt run once; the N candidates of a
-  step decode as ONE batch over the shared prefix (`RowCache`), each row stopping at its own end tag;
+  step decode as ONE batch over the shared prefix (`PackedRowCache`), each row stopping at its own end tag;
   the winner's keys/values are appended to the prefix (never re-encoded). A judge prompt runs only what
   follows its longest common token prefix with a kept cache: the image span `[BOS][BOI][IMG]xL[EOI]`
   (common to the question and every judge prompt with the image; the ViT runs once per question) or

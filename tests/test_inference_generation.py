@@ -166,3 +166,36 @@ def test_prompts_with_a_common_head_decode_as_one_ragged_batch(tiny_vlm):
         alone = generate_one(model, run_prompt(model, p, image_embeds=_embeds(model, _image())), make_generator(s),
                              options=SAMPLING, stop=StopCriteria(), tokenizer=tok, max_new_tokens=4)
         assert alone.tokens == row.tokens and torch.allclose(torch.tensor(alone.logprobs), torch.tensor(row.logprobs))
+
+
+def test_packed_row_cache_equals_independent_rows_as_rows_leave(tiny_model, tiny_config, image_batch):
+    """N rows decoded over one prefix with PackedRowCache (one row leaving after 2 steps) equal
+    N independent dense-cache runs; a finished row's kept keys/values equal its dense cache's."""
+    from models.kv_cache import KVCache
+    from inference.generation import PackedRowCache
+    inputs = image_batch(torch.randint(3, tiny_config.vocab_size, (1, 4)))
+    n = inputs["input_ids"].shape[1]
+    cont = torch.randint(3, tiny_config.vocab_size, (3, 4))
+    with torch.no_grad():
+        prefix = KVCache()
+        tiny_model(**dict(inputs, attention_mask=None), kv_cache=prefix)
+        cache, active, fast = PackedRowCache(prefix, 3, capacity=4), [0, 1, 2], {r: [] for r in range(3)}
+        for t in range(4):
+            if t == 2:
+                kept = cache.row_kv(1, 2)  # row 1 leaves after two tokens
+                cache, active = cache.select([0, 2]), [0, 2]
+            ids = cont[active, t:t + 1]
+            out = tiny_model(input_ids=ids, position_ids=torch.full((len(active), 1), n + t), kv_cache=cache)[0]
+            for j, r in enumerate(active):
+                fast[r].append(out[j, -1])
+        for r in range(3):
+            dense = prefix.clone()
+            steps = 2 if r == 1 else 4
+            ref = [tiny_model(input_ids=cont[r:r + 1, t:t + 1], position_ids=torch.full((1, 1), n + t),
+                              kv_cache=dense)[0][0, -1] for t in range(steps)]
+            assert torch.allclose(torch.stack(fast[r]), torch.stack(ref), atol=1e-5)
+            if r == 1:
+                for layer, (k, v) in kept.items():
+                    assert torch.allclose(k, dense.keys[layer][:, :, n:n + 2], atol=1e-6)
+                    assert torch.allclose(v, dense.values[layer][:, :, n:n + 2], atol=1e-6)
+    assert cache.nbytes() < 3 * prefix.nbytes()  # the prefix is held once, not per row
