@@ -1,0 +1,309 @@
+"""Options of `bash finetune/run.sh` (finetune/launch.py) and finetune/finetune.py, one parser for both.
+
+Every option `--some-name` can also be set by the environment variable `COGCOT_SOME_NAME`; the
+command line wins. Lists are comma-separated in the environment. Options not listed here are
+handed to SwissArmyTransformer unchanged (e.g. `--checkpoint-activations`, `--hidden-dropout 0`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+ENV_PREFIX = "COGCOT_"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+NAMED_CONFIGS = {"zero2_bf16": "zero2_bf16.json", "zero3": "zero3.json", "cpu": "cpu.json"}
+
+# The embedded default run: cogvlm-tiny on freshly generated synthetic data (measured, see README).
+DEFAULTS = dict(
+    model="cogvlm-tiny", train_iters=1000, batch_size=16, lr=1e-3, warmup=0.03, weight_decay=0.0,
+    log_interval=20, synth_n=16000, synth_n_test=300, synth_seed=7,
+)
+
+
+class ConfigError(ValueError):
+    """A bad option, path or config, found before anything starts; lists every problem at once."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(f"  - {p}" for p in self.problems))
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+class _EnvParser(argparse.ArgumentParser):
+    """`add(flag, ...)`: an option whose default comes from COGCOT_<FLAG> when that is set."""
+
+    def add(self, group, flag: str, *, default=None, type=str, nargs=None, flag_only=False, help="", **kw):
+        env = env_name(flag)
+        raw = os.environ.get(env)
+        if flag_only:
+            value = _truthy(raw) if raw is not None else bool(default)
+            group.add_argument(flag, action="store_true", default=value, help=f"{help} [env {env}]")
+            return
+        if raw is not None and raw.strip() != "":
+            if nargs in ("+", "*"):
+                value = [type(v) for v in raw.replace(",", " ").split()]
+            else:
+                try:
+                    value = type(raw)
+                except ValueError:
+                    raise ConfigError([f"{env}={raw!r}: not a valid {type.__name__}"]) from None
+        else:
+            value = default
+        shown = f" (default: {default})" if default not in (None, "", []) else ""
+        group.add_argument(flag, default=value, type=type, nargs=nargs, help=f"{help}{shown} [env {env}]", **kw)
+
+
+def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
+    p = _EnvParser(
+        prog="bash finetune/run.sh" if launcher else "finetune/finetune.py",
+        description="Fine-tune a CogVLM model (SAT + DeepSpeed) on conversation data. With no arguments: "
+                    "cogvlm-tiny on freshly generated synthetic VQA, evaluated before and after.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every option --some-name may also be given as the environment variable COGCOT_SOME_NAME "
+               "(lists comma-separated); the command line wins.\nOptions not listed are passed to "
+               "SwissArmyTransformer unchanged, e.g. --checkpoint-activations, --hidden-dropout 0, "
+               "--lr-decay-ratio 0.1.")
+    g = p.add_argument_group("model")
+    p.add(g, "--from-pretrained", default=DEFAULTS["model"], metavar="PRESET|DIR",
+          help="preset (cogvlm-tiny, cogvlm-chat-v1.1, cogvlm-base-490, cogvlm-base-224) or checkpoint directory")
+    p.add(g, "--tokenizer", metavar="PATH", help="tokenizer.model (default: the checkpoint's own, or the tiny one)")
+
+    g = p.add_argument_group("data")
+    p.add(g, "--train-data", nargs="+", metavar="FILE",
+          help="training records, JSON/JSONL (default with run.sh: freshly generated synthetic data)")
+    p.add(g, "--valid-data", nargs="+", metavar="FILE", help="records for the validation loss")
+    p.add(g, "--eval-data", metavar="FILE",
+          help="held-out VLMEvalKit-style TSV for generation accuracy (synthetic: test.tsv)")
+    p.add(g, "--image-root", metavar="DIR", help="folder image paths are relative to (default: each data file's folder)")
+    p.add(g, "--template", metavar="NAME", help="prompt template: chat_old, chat, vqa, base (default: the model's)")
+    p.add(g, "--max-length", type=int, metavar="N", help="tokens per sample incl. image tokens (default: min(2048, model max))")
+    p.add(g, "--strict-data", flag_only=True, help="a bad record is an error (default: skipped and reported)")
+    p.add(g, "--num-workers", type=int, metavar="N", help="data loader workers per process (default: 0 on CPU, 2 on GPU)")
+
+    g = p.add_argument_group("training")
+    p.add(g, "--train-iters", type=int, metavar="N", help=f"optimizer steps (default: {DEFAULTS['train_iters']} unless --epochs)")
+    p.add(g, "--epochs", type=int, metavar="N", help="train for N epochs instead of --train-iters")
+    p.add(g, "--batch-size", type=int, default=DEFAULTS["batch_size"], metavar="B", help="samples per process per micro-step")
+    p.add(g, "--gradient-accumulation-steps", type=int, default=1, metavar="K", help="micro-steps per optimizer step")
+    p.add(g, "--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate (real 17B models: ~1e-5)")
+    p.add(g, "--warmup", type=float, default=DEFAULTS["warmup"], help="warmup, as a fraction of the steps")
+    p.add(g, "--lr-decay-style", default="cosine", choices=["cosine", "linear", "constant"], help="decay after warmup")
+    p.add(g, "--weight-decay", type=float, default=DEFAULTS["weight_decay"], help="AdamW weight decay")
+    p.add(g, "--seed", type=int, default=1234, help="random seed (model init, data order, dropout)")
+
+    g = p.add_argument_group("what trains")
+    p.add(g, "--finetune-mode", default="full", choices=["full", "lora"], help="full fine-tuning or LoRA")
+    p.add(g, "--freeze", metavar="PARTS",
+          help="parts whose weights stay fixed: vit, projector, vision_experts, language, none, all "
+               "(default: none with full, all with lora)")
+    p.add(g, "--lora-rank", type=int, default=8, help="LoRA rank r")
+    p.add(g, "--lora-alpha", type=float, default=16.0, help="LoRA alpha (scaling alpha / r)")
+    p.add(g, "--lora-dropout", type=float, default=0.0, help="dropout on the LoRA input")
+    p.add(g, "--lora-targets", default="language,vision_experts", metavar="PARTS",
+          help="parts whose linear layers get adapters: language, vision_experts, vit, projector, all")
+
+    g = p.add_argument_group("DeepSpeed and processes")
+    p.add(g, "--deepspeed-config", metavar="NAME|FILE",
+          help="zero2_bf16 (GPU default), zero3, cpu (CPU default) or a JSON file; batch size, gradient "
+               "accumulation, lr and weight decay are filled from the options above")
+    if launcher:
+        p.add(g, "--num-gpus", type=int, metavar="N", help="processes per node (default: all GPUs, or 1 on CPU)")
+        p.add(g, "--num-nodes", type=int, metavar="N", help="use the first N hosts of --hostfile")
+        p.add(g, "--hostfile", metavar="FILE", help="DeepSpeed hostfile ('host slots=N' lines) for multi-node")
+        p.add(g, "--master-addr", metavar="HOST", help="rendezvous host for multi-node")
+        p.add(g, "--master-port", type=int, metavar="PORT", help="rendezvous port (default: a free one)")
+
+    g = p.add_argument_group("checkpoints, evaluation, logs")
+    p.add(g, "--save", default="checkpoints", metavar="DIR", help="checkpoints go to DIR/<experiment-name>-<MM-DD-HH-MM>")
+    p.add(g, "--experiment-name", metavar="NAME", help="default: <model>-<finetune-mode>")
+    p.add(g, "--save-interval", type=int, default=0, metavar="N", help="save every N steps (0: only at the end)")
+    p.add(g, "--eval-interval", type=int, metavar="N", help="validation loss every N steps (default: 5 times per run)")
+    p.add(g, "--accuracy-interval", type=int, default=0, metavar="N",
+          help="generation accuracy on --eval-data every N steps (0: before and after training only)")
+    p.add(g, "--accuracy-limit", type=int, metavar="N", help="evaluate only the first N held-out items")
+    p.add(g, "--accuracy-max-new-tokens", type=int, default=128, metavar="N",
+          help="cap on each generated answer (synthetic answers are <= 83 tokens; long CoT data needs more)")
+    p.add(g, "--accuracy-batch-size", type=int, default=64, metavar="N", help="questions decoded together")
+    p.add(g, "--skip-accuracy", flag_only=True, help="no generation accuracy (validation loss only)")
+    p.add(g, "--resume", metavar="DIR", help="continue a run from its checkpoint directory (exact: weights, "
+                                             "optimizer, RNG, data order); saves continue there")
+    p.add(g, "--log-interval", type=int, default=DEFAULTS["log_interval"], metavar="N", help="progress line every N steps")
+
+    if launcher:
+        g = p.add_argument_group("synthetic data (used when --train-data is not given)")
+        p.add(g, "--synth-n", type=int, default=DEFAULTS["synth_n"], metavar="N", help="training items")
+        p.add(g, "--synth-n-test", type=int, default=DEFAULTS["synth_n_test"], metavar="M", help="held-out items")
+        p.add(g, "--synth-seed", type=int, default=DEFAULTS["synth_seed"], metavar="S", help="generator seed")
+        p.add(g, "--data-dir", default="data", metavar="DIR", help="where synthetic data sets are written (and reused)")
+    return p
+
+
+def parse(argv: Optional[Sequence[str]] = None, launcher: bool = True) -> Tuple[argparse.Namespace, List[str]]:
+    """(our options, the rest for SAT)."""
+    opts, rest = build_parser(launcher).parse_known_args(argv)
+    return opts, rest
+
+
+def resolve_deepspeed_config(name: Optional[str], cuda: bool) -> Path:
+    if not name:
+        name = "zero2_bf16" if cuda else "cpu"
+    if name in NAMED_CONFIGS:
+        return CONFIG_DIR / NAMED_CONFIGS[name]
+    return Path(name)
+
+
+def load_deepspeed_config(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError([f"--deepspeed-config {path}: no such file (named configs: {', '.join(NAMED_CONFIGS)})"]) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError([f"--deepspeed-config {path}: invalid JSON at line {e.lineno}: {e.msg}"]) from None
+    if not isinstance(config, dict):
+        raise ConfigError([f"--deepspeed-config {path}: expected a JSON object"])
+    return config
+
+
+def deepspeed_config_problems(config: dict, path) -> List[str]:
+    problems = []
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        problems.append(f"--deepspeed-config {path}: zero_optimization.stage must be 0-3, got {stage!r}")
+    if config.get("fp16", {}).get("enabled") and config.get("bf16", {}).get("enabled"):
+        problems.append(f"--deepspeed-config {path}: fp16 and bf16 are both enabled")
+    if "optimizer" not in config:
+        problems.append(f"--deepspeed-config {path}: needs an 'optimizer' section (e.g. AdamW)")
+    return problems
+
+
+def fill_deepspeed_config(config: dict, opts) -> dict:
+    """The run's config: the template plus this run's batch size, accumulation, lr and weight decay."""
+    config = json.loads(json.dumps(config))
+    config["train_micro_batch_size_per_gpu"] = opts.batch_size
+    config["gradient_accumulation_steps"] = opts.gradient_accumulation_steps
+    config.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
+    params = config.setdefault("optimizer", {"type": "AdamW"}).setdefault("params", {})
+    params["lr"] = opts.lr
+    params["weight_decay"] = opts.weight_decay
+    config.setdefault("steps_per_print", 10 ** 9)  # our progress line replaces DeepSpeed's
+    return config
+
+
+def _check_file(problems: List[str], flag: str, path: Optional[str]) -> None:
+    if path and not Path(path).is_file():
+        problems.append(f"{flag} {path}: no such file")
+
+
+def check(opts, cuda: bool, launcher: bool = False) -> dict:
+    """Validate everything that can be checked without loading the model; raise ConfigError listing
+    all problems. Returns the filled DeepSpeed config."""
+    from .parts import parse_parts
+    problems: List[str] = []
+    # model
+    src = opts.from_pretrained
+    from models.config import PRESETS
+    if src not in PRESETS and not Path(src).is_dir():
+        problems.append(f"--from-pretrained {src}: neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+    elif Path(src).is_dir():
+        if not (Path(src) / "model_config.json").is_file():
+            problems.append(f"--from-pretrained {src}: no model_config.json (not a SAT checkpoint directory)")
+        else:
+            try:
+                cfg = json.loads((Path(src) / "model_config.json").read_text())
+                if "lora" in cfg:
+                    problems.append(f"--from-pretrained {src}: a LoRA training checkpoint; merge it first "
+                                    f"(python -m finetune.merge_lora {src}) or continue it with --resume")
+            except json.JSONDecodeError as e:
+                problems.append(f"--from-pretrained {src}/model_config.json: invalid JSON ({e.msg})")
+    _check_file(problems, "--tokenizer", opts.tokenizer)
+    # data
+    if not opts.train_data and not launcher:
+        problems.append("--train-data is required")
+    for path in opts.train_data or []:
+        _check_file(problems, "--train-data", path)
+    for path in opts.valid_data or []:
+        _check_file(problems, "--valid-data", path)
+    _check_file(problems, "--eval-data", opts.eval_data)
+    if opts.image_root and not Path(opts.image_root).is_dir():
+        problems.append(f"--image-root {opts.image_root}: no such directory")
+    if opts.template:
+        from dataset.text_processor import TEMPLATES
+        if opts.template not in TEMPLATES:
+            problems.append(f"--template {opts.template}: unknown; choose from {', '.join(TEMPLATES)}")
+    # schedule
+    if opts.train_iters is not None and opts.epochs is not None:
+        problems.append("--train-iters and --epochs exclude each other")
+    for flag, value in (("--train-iters", opts.train_iters), ("--epochs", opts.epochs),
+                        ("--batch-size", opts.batch_size), ("--gradient-accumulation-steps", opts.gradient_accumulation_steps),
+                        ("--max-length", opts.max_length), ("--lora-rank", opts.lora_rank)):
+        if value is not None and value < 1:
+            problems.append(f"{flag} must be >= 1, got {value}")
+    if not opts.lr > 0:
+        problems.append(f"--lr must be > 0, got {opts.lr}")
+    if not 0 <= opts.warmup < 1:
+        problems.append(f"--warmup is a fraction of the steps in [0, 1), got {opts.warmup}")
+    for flag, value in (("--save-interval", opts.save_interval), ("--eval-interval", opts.eval_interval),
+                        ("--accuracy-interval", opts.accuracy_interval)):
+        if value is not None and value < 0:
+            problems.append(f"{flag} must be >= 0, got {value}")
+    # what trains
+    try:
+        parse_parts(opts.freeze)
+    except ValueError as e:
+        problems.append(f"--freeze: {e}")
+    if opts.finetune_mode == "lora":
+        try:
+            targets = parse_parts(opts.lora_targets)
+            frozen = parse_parts(opts.freeze if opts.freeze is not None else "all")
+            both = [t for t in targets if t not in frozen]
+            if not targets:
+                problems.append("--lora-targets: at least one part")
+            elif both:
+                problems.append(f"--lora-targets {','.join(both)}: these parts also train fully (not in --freeze); "
+                                f"freeze them or drop them from the LoRA targets")
+        except ValueError as e:
+            problems.append(f"--lora-targets: {e}")
+    elif opts.freeze is not None and parse_parts_safe(opts.freeze) == list(_all_parts()):
+        problems.append("--freeze all with --finetune-mode full leaves nothing to train")
+    # resume
+    if opts.resume:
+        r = Path(opts.resume)
+        if not (r / "latest").is_file() or not (r / "model_config.json").is_file():
+            problems.append(f"--resume {opts.resume}: not a checkpoint directory of a run (needs latest and model_config.json)")
+    # DeepSpeed
+    path = resolve_deepspeed_config(opts.deepspeed_config, cuda)
+    config = {}
+    try:
+        config = load_deepspeed_config(path)
+        problems += deepspeed_config_problems(config, path)
+    except ConfigError as e:
+        problems += e.problems
+    if launcher and getattr(opts, "hostfile", None):
+        _check_file(problems, "--hostfile", opts.hostfile)
+    if problems:
+        raise ConfigError(problems)
+    return fill_deepspeed_config(config, opts)
+
+
+def _all_parts():
+    from .parts import PARTS
+    return PARTS
+
+
+def parse_parts_safe(spec) -> list:
+    from .parts import parse_parts
+    try:
+        return parse_parts(spec)
+    except ValueError:
+        return []

@@ -1,0 +1,115 @@
+"""Training checkpoints: the official SAT layout plus what an exact resume needs.
+
+    <dir>/model_config.json                  the model (official keys; a LoRA run adds "lora")
+    <dir>/tokenizer.model                    so the checkpoint is self-contained
+    <dir>/latest                             the newest iteration
+    <dir>/<iter>/mp_rank_00_model_states.pt  {"module": state dict, "cogcot": trainer state, DeepSpeed's
+                                             engine state (and, without ZeRO, the optimizer state)}
+    <dir>/<iter>/zero_pp_rank_*_optim_states.pt   ZeRO optimizer partitions, one per data-parallel rank
+    <dir>/<iter>/rng_state_rank<r>.pt        each process's RNG states (dropout continues exactly)
+
+Written with DeepSpeed's public `save_checkpoint`/`load_checkpoint` (all ranks take part), so
+`CogVLMModel.from_pretrained(<dir>)` loads it as it loads an official checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from models.checkpoint import STATE_FILE, read_latest
+
+TRAINER_STATE_KEY = "cogcot"
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_model_files(model, ckpt_dir, tokenizer_file: Optional[str], lora_config=None) -> None:
+    """model_config.json (+ "lora" for a LoRA run) and tokenizer.model; rank 0 only."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    config = model.model_config()
+    if lora_config is not None:
+        config["lora"] = lora_config.to_dict()
+    tmp = ckpt_dir / "model_config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, ckpt_dir / "model_config.json")
+    if tokenizer_file and Path(tokenizer_file).resolve() != (ckpt_dir / "tokenizer.model").resolve():
+        shutil.copyfile(tokenizer_file, ckpt_dir / "tokenizer.model")
+
+
+def _full_state_dict_zero3(engine) -> Optional[dict]:
+    """Under ZeRO-3 the engine's module holds partitions: gather the full weights (rank 0 keeps them)."""
+    import deepspeed
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        if _rank() == 0:
+            return {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
+    return None
+
+
+def save_training_checkpoint(engine, ckpt_dir, iteration: int, trainer_state: dict,
+                             tokenizer_file: Optional[str] = None, lora_config=None) -> Path:
+    """Write iteration `iteration` into `ckpt_dir` (all ranks call this)."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = str(iteration)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={TRAINER_STATE_KEY: trainer_state})
+    if engine.zero_optimization_partition_weights():
+        full = _full_state_dict_zero3(engine)
+        if _rank() == 0:  # make the model file official: the full weights under "module"
+            f = ckpt_dir / tag / STATE_FILE
+            payload = torch.load(f, map_location="cpu", weights_only=False)
+            payload["module"] = full
+            torch.save(payload, f)
+    torch.save(rng_state(), ckpt_dir / tag / f"rng_state_rank{_rank():03d}.pt")
+    if _rank() == 0:
+        write_model_files(engine.module, ckpt_dir, tokenizer_file, lora_config)
+    _barrier()
+    return ckpt_dir / tag
+
+
+def read_trainer_state(ckpt_dir, iteration=None) -> dict:
+    """The trainer state saved with an iteration (default: latest); {} for a checkpoint made elsewhere."""
+    tag = read_latest(ckpt_dir) if iteration is None else str(iteration)
+    f = Path(ckpt_dir) / tag / STATE_FILE
+    payload = torch.load(f, map_location="cpu", mmap=True, weights_only=False)
+    return dict(payload.get(TRAINER_STATE_KEY) or {})
+
+
+def restore_training_state(engine, ckpt_dir, iteration: int) -> None:
+    """Optimizer (and ZeRO) state and weights through DeepSpeed, then this rank's RNG states."""
+    load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=str(iteration), load_optimizer_states=True,
+                                          load_lr_scheduler_states=False, load_module_strict=True)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load {ckpt_dir}/{iteration}")
+    rng_file = Path(ckpt_dir) / str(iteration) / f"rng_state_rank{_rank():03d}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    elif _rank() == 0:
+        print(f"[resume] {rng_file} missing (different number of processes?): RNG streams start afresh")

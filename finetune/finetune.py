@@ -1,0 +1,374 @@
+"""Fine-tune a CogVLM model: the entry point the DeepSpeed launcher runs on every process.
+
+    python -m deepspeed.launcher.runner --num_gpus N finetune/finetune.py --train-data a.jsonl [options]
+
+(`bash finetune/run.sh` builds this command.) SAT's `training_main` runs the loop with this project's
+forward step, dataset factory and collator; which parameters train is decided by the parts that own
+them (finetune/parts.py), LoRA adapters live in a `lora` mixin (finetune/lora.py). Checkpoints are in
+the official SAT layout and resume exactly (finetune/checkpoint.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+if __package__ in (None, ""):  # run as a script by the launcher: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from finetune import arguments
+from finetune.checkpoint import read_trainer_state, restore_training_state, save_training_checkpoint
+from finetune.data import DatasetFactory, make_collator
+from finetune.lora import LoRAConfig, add_lora, freeze_for_lora
+from finetune.parts import PARTS, apply_freeze, check_partition, format_summary, parse_parts, trainable_summary
+from finetune.report import format_accuracy_table, plot_loss_curve, write_summary
+from finetune.step import BetweenSteps, EvalStep, History, Progress, Schedule, TrainStep
+from models import sat_compat
+
+
+def log(msg: str) -> None:
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(msg, flush=True)
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def sat_argv(opts, ds_config_path: str, num_workers: int, eval_interval: Optional[int]) -> list:
+    """The SwissArmyTransformer arguments of this run (it never saves: checkpoints are ours)."""
+    argv = ["--mode", "pretrain", "--deepspeed", "--deepspeed_config", ds_config_path,
+            "--train-data", *opts.train_data, "--split", "1", "--strict-eval",
+            "--batch-size", str(opts.batch_size), "--lr", str(opts.lr), "--warmup", str(opts.warmup),
+            "--lr-decay-style", opts.lr_decay_style, "--weight-decay", str(opts.weight_decay),
+            "--seed", str(opts.seed), "--log-interval", str(10 ** 9),  # our progress line replaces SAT's
+            "--num-workers", str(num_workers), "--experiment-name", opts.experiment_name,
+            "--summary-dir", opts.summary_dir]
+    argv += ["--epochs", str(opts.epochs)] if opts.epochs else ["--train-iters", str(opts.train_iters)]
+    if opts.valid_data:
+        argv += ["--valid-data", *opts.valid_data]
+        if eval_interval is not None:  # with --epochs SAT defaults to once per epoch
+            argv += ["--eval-interval", str(eval_interval)]
+    return argv
+
+
+def model_args_for(config: dict, sat_args):
+    """SAT Namespace: architecture from a model_config, run-time settings (dtype, device, dropout) from SAT."""
+    from models.cogvlm import CogVLMModel
+    built = CogVLMModel.get_args(**config)
+    for k, v in vars(sat_args).items():
+        if k not in config:
+            setattr(built, k, v)
+    return built
+
+
+def build_model(opts, sat_args):
+    """(model, model args, LoRA config or None, iteration to resume from or 0)."""
+    from models.cogvlm import CogVLMModel
+    from models.checkpoint import check_keys, load_state_dict, read_latest
+    from models.config import load_model_config
+    if not opts.resume:
+        model, margs = CogVLMModel.from_pretrained(opts.from_pretrained, args=sat_args)
+        lora = None
+        if opts.finetune_mode == "lora":
+            lora = LoRAConfig(rank=opts.lora_rank, alpha=opts.lora_alpha, dropout=opts.lora_dropout,
+                              targets=tuple(parse_parts(opts.lora_targets)))
+            add_lora(model, lora)
+        return model, margs, lora, 0
+    # Resume: the architecture (and LoRA structure) of the checkpoint, its weights.
+    config = load_model_config(opts.resume)
+    lora = LoRAConfig.from_dict(config.pop("lora")) if "lora" in config else None
+    margs = model_args_for(config, sat_args)
+    margs.skip_init = True
+    dtype = torch.bfloat16 if margs.bf16 else torch.half if margs.fp16 else torch.float
+    model = CogVLMModel(margs, params_dtype=dtype)
+    if lora is not None:
+        add_lora(model, lora)
+    iteration = int(read_latest(opts.resume))
+    state = load_state_dict(opts.resume, iteration)
+    check_keys({k: v.shape for k, v in model.state_dict().items()}, state, f"{opts.resume}/{iteration}")
+    model.load_state_dict(state, strict=False)
+    return model.to(dtype), margs, lora, iteration
+
+
+def held_out_accuracy(model, tokenizer, opts, template: str, image_size, out_path=None) -> Optional[dict]:
+    """Greedy generation accuracy on --eval-data through inference.evaluate (rank 0 only)."""
+    if opts.skip_accuracy or not opts.eval_data:
+        return None
+    try:
+        from inference.evaluate import evaluate  # imported here only: finetune does not depend on inference
+    except ImportError as e:
+        log(f"[eval] generation accuracy unavailable ({e}); reporting validation loss only")
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return evaluate(model, tokenizer, opts.eval_data, template=template, mode="greedy",
+                            batch_size=opts.accuracy_batch_size, limit=opts.accuracy_limit,
+                            max_new_tokens=opts.accuracy_max_new_tokens, image_size=image_size,
+                            out_path=out_path, progress=False)
+    finally:
+        model.train(was_training)
+
+
+class Run:
+    """One fine-tuning run: the state SAT's hooks share (no module-level globals)."""
+
+    def __init__(self, opts, sat_args):
+        self.opts, self.sat_args = opts, sat_args
+        self.rank = sat_args.rank
+        self.world = sat_args.world_size
+        self.model, self.margs, self.lora, self.start_iteration = build_model(opts, sat_args)
+        from models.tokenizer import tokenizer_for
+        source = opts.resume or opts.from_pretrained
+        self.tokenizer = tokenizer_for(source, getattr(self.margs, "tokenizer_type", None), opts.tokenizer)
+        if self.tokenizer.vocab_size > self.margs.vocab_size:
+            raise arguments.ConfigError([f"tokenizer has {self.tokenizer.vocab_size} pieces but the model only "
+                                         f"{self.margs.vocab_size} embeddings"])
+        self.template = opts.template or getattr(self.margs, "text_processor_version", "chat_old")
+        self.image_size = list(self.margs.eva_args["image_size"])
+        self.max_length = opts.max_length or min(2048, self.margs.max_sequence_length)
+        self.trainer_state = read_trainer_state(opts.resume) if opts.resume else {}
+        self.ckpt_dir: Optional[Path] = Path(opts.resume) if opts.resume else None
+        self.history = History()
+        self.accuracy_before = self.accuracy_after = None
+        self.t_train = None
+        self.progress: Optional[Progress] = None
+        self.step: Optional[TrainStep] = None
+
+    # -- what trains ---------------------------------------------------------------------------
+    def set_trainable(self) -> None:
+        if self.lora is not None:
+            frozen = parse_parts(self.opts.freeze if self.opts.freeze is not None else "all")
+            freeze_for_lora(self.model, [p for p in PARTS if p not in frozen])
+            check_partition(self.model, [self.model.mixins["lora"]])
+        else:
+            apply_freeze(self.model, parse_parts(self.opts.freeze))
+            check_partition(self.model)
+        extra = {"lora": self.model.mixins["lora"]} if self.lora is not None else None
+        log("[model] trainable parameters by part:\n" + format_summary(trainable_summary(self.model, extra)))
+
+    # -- SAT hooks -----------------------------------------------------------------------------
+    def init_function(self, args, model) -> None:
+        """Called by training_main after SAT named the experiment and before DeepSpeed starts."""
+        if self.opts.resume:
+            args.experiment_name = self.ckpt_dir.name
+            args.summary_dir = str(self.ckpt_dir.parent)
+            args.iteration = self.start_iteration
+        else:
+            if self.rank == 0:
+                base = Path(self.opts.save) / args.experiment_name
+                ckpt, k = base, 1
+                while ckpt.exists():  # SAT names by the minute: never mix two runs' checkpoints
+                    k += 1
+                    ckpt = base.with_name(f"{base.name}-{k}")
+                ckpt.mkdir(parents=True)
+                names = [ckpt.name]
+            else:
+                names = [None]
+            if torch.distributed.is_initialized():
+                torch.distributed.broadcast_object_list(names, src=0)
+            args.experiment_name = names[0]
+            self.ckpt_dir = Path(self.opts.save) / names[0]
+        if self.rank == 0:
+            self.history.attach(str(self.ckpt_dir / "train_log.jsonl"),
+                                keep_until=self.start_iteration if self.opts.resume else None)
+        total = args.train_iters  # with --epochs SAT has just derived it from the data loader
+        self.step.schedule = Schedule(lr=self.opts.lr, total_iters=args.lr_decay_iters or total,
+                                      warmup=self.opts.warmup, style=self.opts.lr_decay_style,
+                                      decay_ratio=args.lr_decay_ratio)
+        if self.rank == 0:
+            self.step.progress = self.progress = Progress(total, self.opts.log_interval, printer=log)
+        log(f"[run] checkpoints: {self.ckpt_dir}  (TensorBoard: {Path(args.summary_dir) / 'runs' / args.experiment_name})")
+
+    def resume(self, engine, iteration: int) -> int:
+        """Optimizer state, RNG and data position of the checkpoint; returns micro-batches to skip."""
+        restore_training_state(engine, self.ckpt_dir, iteration)
+        consumed = int(self.trainer_state.get("consumed_samples", 0))
+        per_micro = self.opts.batch_size * self.world
+        if consumed % per_micro:
+            log(f"[resume] {consumed} samples consumed is not a multiple of this run's {per_micro} per micro-step: "
+                f"the data order continues approximately")
+        skip = consumed // per_micro
+        log(f"[resume] iteration {iteration}: optimizer, RNG restored; skipping {skip} micro-batches already trained on")
+        return skip
+
+    def state_for(self, iteration: int) -> dict:
+        o = self.opts
+        return {"iteration": iteration, "consumed_samples": iteration * o.batch_size * self.world * o.gradient_accumulation_steps,
+                "world_size": self.world, "batch_size": o.batch_size,
+                "gradient_accumulation_steps": o.gradient_accumulation_steps, "seed": o.seed,
+                "finetune_mode": "lora" if self.lora else "full", "freeze": o.freeze,
+                "train_data": [str(Path(p).resolve()) for p in o.train_data],
+                "from_pretrained": self.trainer_state.get("from_pretrained", o.from_pretrained),
+                "train_iters": self.sat_args.train_iters, "template": self.template}
+
+    def save(self, engine, iteration: int) -> Path:
+        t = time.time()
+        path = save_training_checkpoint(engine, self.ckpt_dir, iteration, self.state_for(iteration),
+                                        tokenizer_file=self.tokenizer.model_file, lora_config=self.lora)
+        log(f"[save] iteration {iteration} -> {path} ({time.time() - t:.1f} s)")
+        return path
+
+    def accuracy(self, engine, iteration: int) -> None:
+        if engine.zero_optimization_partition_weights():
+            log("[eval] accuracy during training is not available with ZeRO-3 (it is measured at the end)")
+            return
+        if self.rank == 0:
+            result = held_out_accuracy(engine.module, self.tokenizer, self.opts, self.template, self.image_size)
+            if result:
+                self.history.add("accuracy", {"step": iteration, "accuracy": result["accuracy"]})
+                log(f"[eval] step {iteration}: held-out accuracy {100 * result['accuracy']:.1f}% (n={result['n']})")
+        barrier()
+
+    # -- the run -------------------------------------------------------------------------------
+    def train(self):
+        from sat.training.deepspeed_training import training_main
+        o, margs = self.opts, self.margs
+        dtype = torch.bfloat16 if margs.bf16 else torch.half if margs.fp16 else None
+        if self.rank == 0:
+            self.accuracy_before = held_out_accuracy(self.model, self.tokenizer, o, self.template, self.image_size)
+            if self.accuracy_before:
+                label = "at resume" if o.resume else "before training"
+                log(f"[eval] held-out accuracy {label}: {100 * self.accuracy_before['accuracy']:.1f}% "
+                    f"(n={self.accuracy_before['n']})")
+        barrier()
+        between = BetweenSteps(resume=self.resume if o.resume else None, save=self.save,
+                               save_interval=o.save_interval, accuracy=self.accuracy,
+                               accuracy_interval=o.accuracy_interval)
+        step = TrainStep(self.history, between, dtype=dtype, is_rank0=self.rank == 0)
+        self.step = step
+        factory = DatasetFactory(self.tokenizer, self.image_size, margs.image_length, self.max_length, self.template,
+                                 image_root=o.image_root, strict=o.strict_data)
+        self.t_train = time.time()
+        engine = training_main(margs, model_cls=self.model, forward_step_function=step,
+                               create_dataset_function=factory, collate_fn=make_collator(self.tokenizer.pad_token_id),
+                               forward_step_eval=EvalStep(step, dtype=dtype), init_function=self.init_function)
+        self.t_train = time.time() - self.t_train
+        iteration = margs.iteration
+        step.finish(iteration)
+        return engine, iteration
+
+    def finish(self, engine, iteration: int) -> dict:
+        """Final checkpoint (merged for LoRA), accuracy after training from the saved files, plot, summary."""
+        from models.cogvlm import CogVLMModel
+        o = self.opts
+        if iteration > self.start_iteration:
+            self.save(engine, iteration)
+        final_dir = self.ckpt_dir
+        if self.lora is not None:
+            if self.rank == 0:
+                from finetune.merge_lora import merge_checkpoint
+                final_dir = merge_checkpoint(self.ckpt_dir, self.ckpt_dir / "merged", iteration=iteration)
+                log(f"[lora] adapters merged into the base weights -> {final_dir}")
+            final_dir = self.ckpt_dir / "merged"
+        del engine
+        barrier()
+        summary = {}
+        if self.rank == 0:
+            on_gpu = {"device": torch.cuda.current_device(), "bf16": True} if torch.cuda.is_available() else None
+            final, _ = CogVLMModel.from_pretrained(str(final_dir), overrides=on_gpu)
+            self.accuracy_after = held_out_accuracy(final, self.tokenizer, o, self.template, self.image_size,
+                                                    out_path=str(self.ckpt_dir / "eval_after.jsonl"))
+            if self.accuracy_after:
+                self.history.add("accuracy", {"step": iteration, "accuracy": self.accuracy_after["accuracy"]})
+            png = plot_loss_curve(self.history, self.ckpt_dir / "loss_curve.png",
+                                  title=f"{self.ckpt_dir.name}: {o.finetune_mode}, {iteration} steps")
+            trained = iteration - self.start_iteration
+            samples = trained * o.batch_size * self.world * o.gradient_accumulation_steps
+            summary = {
+                "checkpoint": str(final_dir), "training_checkpoint": str(self.ckpt_dir), "iteration": iteration,
+                "finetune_mode": o.finetune_mode, "train_seconds": round(self.t_train or 0.0, 1),
+                "samples_per_second": round(self.progress.samples_per_second, 2) if self.progress else None,
+                "tokens_per_second": round(self.progress.tokens_per_second, 1) if self.progress else None,
+                "wall_samples_per_second": round(samples / self.t_train, 2) if self.t_train else None,
+                "final_train_loss": self.history.train[-1]["loss"] if self.history.train else None,
+                "final_valid_loss": self.history.valid[-1]["loss"] if self.history.valid else None,
+                "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
+                "loss_curve": str(png) if png else None,
+                "chat_command": f"python -m inference.cli_demo --from_pretrained {final_dir}",
+            }
+            write_summary(self.ckpt_dir / "finetune_summary.json",
+                          {k: v for k, v in summary.items() if k not in ("accuracy_before", "accuracy_after")}
+                          | {"accuracy_before": _strip(self.accuracy_before), "accuracy_after": _strip(self.accuracy_after)})
+            print_summary(summary, self.history)
+        barrier()
+        return summary
+
+
+def _strip(result: Optional[dict]) -> Optional[dict]:
+    """An evaluate() result without its per-question records (they go to eval_after.jsonl)."""
+    return None if result is None else {k: v for k, v in result.items() if k != "records"}
+
+
+def print_summary(s: dict, history: History) -> None:
+    head = f"[done] {s['iteration']} steps in {s['train_seconds']:.0f} s ({s['samples_per_second']} samples/s)"
+    if s["final_train_loss"] is not None:
+        head += f"; final train loss {s['final_train_loss']:.4f}"
+    if s["final_valid_loss"] is not None:
+        head += f", validation loss {s['final_valid_loss']:.4f}"
+    lines = ["", "=" * 78, head]
+    if s["accuracy_before"] or s["accuracy_after"]:
+        lines += ["[done] held-out accuracy, before -> after:",
+                  format_accuracy_table(s["accuracy_before"], s["accuracy_after"])]
+    else:
+        lines += ["[done] generation accuracy not measured (no --eval-data, --skip-accuracy, or inference.evaluate missing)"]
+    lines += [f"[done] checkpoint: {s['checkpoint']}"]
+    if s["checkpoint"] != s["training_checkpoint"]:
+        lines += [f"[done] training checkpoint (with adapters, resumable): {s['training_checkpoint']}"]
+    if s["loss_curve"]:
+        lines += [f"[done] loss curve: {s['loss_curve']}"]
+    lines += [f"[done] chat with it:  {s['chat_command']}", "=" * 78]
+    print("\n".join(lines), flush=True)
+
+
+def main(argv=None) -> int:
+    opts, sat_rest = arguments.parse(argv, launcher=False)
+    cuda = torch.cuda.is_available()
+    try:
+        ds_config = arguments.check(opts, cuda)
+    except arguments.ConfigError as e:
+        print(f"finetune: cannot start:\n{e}", file=sys.stderr, flush=True)
+        return 2
+    if opts.train_iters is None and opts.epochs is None:
+        opts.train_iters = arguments.DEFAULTS["train_iters"]
+    if not opts.experiment_name:
+        base = Path(opts.from_pretrained).name if Path(opts.from_pretrained).is_dir() else opts.from_pretrained
+        opts.experiment_name = f"{base}-{opts.finetune_mode}"
+    opts.summary_dir = opts.save
+    sat_compat.apply()
+    if not cuda:  # share the cores among the local processes instead of oversubscribing them
+        local = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+    num_workers = opts.num_workers if opts.num_workers is not None else (2 if cuda else 0)
+    eval_interval = opts.eval_interval
+    if eval_interval is None and opts.train_iters:
+        eval_interval = max(1, opts.train_iters // 5)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="cogcot-ds-", delete=False) as f:
+        json.dump(ds_config, f)
+        ds_path = f.name
+    try:
+        sat_args = sat_compat.get_args(sat_argv(opts, ds_path, num_workers, eval_interval) + sat_rest)
+    finally:
+        os.unlink(ds_path)
+    try:
+        run = Run(opts, sat_args)
+    except arguments.ConfigError as e:
+        print(f"finetune: cannot start:\n{e}", file=sys.stderr, flush=True)
+        return 2
+    run.set_trainable()
+    run.finish(*run.train())  # (engine, iteration); finish drops the engine before evaluating
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Front end of `bash finetune/run.sh`: read the options (command line and COGCOT_* environment),
+generate the synthetic data when no training data is given, check everything that can be checked
+before any process starts, then run finetune/finetune.py under the DeepSpeed launcher with the
+options written out in full (so remote nodes need none of this environment).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from finetune import arguments
+
+ENTRY = Path(__file__).resolve().parent / "finetune.py"
+LAUNCH_ONLY = ("num_gpus", "num_nodes", "hostfile", "master_addr", "master_port",
+               "synth_n", "synth_n_test", "synth_seed", "data_dir")
+
+
+def cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def synthetic_data(opts) -> Path:
+    """Generate (or reuse) the synthetic train/test split named by its size and seed."""
+    from dataset import synth
+    out = Path(opts.data_dir) / f"synth-n{opts.synth_n}-t{opts.synth_n_test}-s{opts.synth_seed}"
+    done = out / ".complete"
+    if done.is_file():
+        print(f"[data] reusing synthetic data {out}", flush=True)
+        return out
+    t = time.time()
+    synth.generate(out, n=opts.synth_n, seed=opts.synth_seed, n_test=opts.synth_n_test, progress=True)
+    done.write_text("ok\n")
+    print(f"[data] generated {opts.synth_n} training + {opts.synth_n_test} held-out items in {out} "
+          f"({time.time() - t:.0f} s)", flush=True)
+    return out
+
+
+def finetune_argv(opts, passthrough: Sequence[str]) -> List[str]:
+    """The options of finetune.py, every one written out (defaults included)."""
+    parser = arguments.build_parser(launcher=False)
+    argv: List[str] = []
+    for action in parser._actions:  # the parser's own option list: one flag per destination
+        if not action.option_strings or action.dest == "help" or action.dest in LAUNCH_ONLY:
+            continue
+        value = getattr(opts, action.dest, None)
+        flag = action.option_strings[0]
+        if action.nargs == 0:  # store_true
+            if value:
+                argv.append(flag)
+        elif value is not None:
+            argv += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return argv + list(passthrough)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher_argv(opts, cuda: bool) -> List[str]:
+    argv = [sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
+    if opts.hostfile:
+        argv += ["--hostfile", opts.hostfile]
+        if opts.num_nodes:
+            argv += ["--num_nodes", str(opts.num_nodes)]
+    else:
+        argv += ["--hostfile", os.devnull]  # no stray /job/hostfile: this machine only
+    if opts.num_gpus is not None:
+        argv += ["--num_gpus", str(opts.num_gpus)]
+    elif not cuda:
+        argv += ["--num_gpus", "1"]  # one CPU process unless asked for more
+    if opts.master_addr:
+        argv += ["--master_addr", opts.master_addr]
+    argv += ["--master_port", str(opts.master_port or (29500 if opts.hostfile else _free_port()))]
+    return argv
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        opts, passthrough = arguments.parse(argv, launcher=True)
+    except arguments.ConfigError as e:
+        print(f"finetune: bad environment variable:\n{e}", file=sys.stderr)
+        return 2
+    cuda = cuda_available()
+    if opts.num_gpus is not None and opts.num_gpus > 1 and not cuda and opts.deepspeed_config in (None, "cpu"):
+        print(f"[run] {opts.num_gpus} CPU processes (data parallel over gloo)", flush=True)
+    try:
+        arguments.check(opts, cuda, launcher=True)  # everything but the data, before generating any
+    except arguments.ConfigError as e:
+        print(f"finetune: cannot start:\n{e}", file=sys.stderr)
+        return 2
+    if not opts.train_data:
+        data = synthetic_data(opts)
+        opts.train_data = [str(data / "train.jsonl")]
+        opts.valid_data = opts.valid_data or [str(data / "test.jsonl")]
+        opts.eval_data = opts.eval_data or str(data / "test.tsv")
+    try:
+        arguments.check(opts, cuda, launcher=True)
+    except arguments.ConfigError as e:
+        print(f"finetune: cannot start:\n{e}", file=sys.stderr)
+        return 2
+    cmd = launcher_argv(opts, cuda) + [str(ENTRY)] + finetune_argv(opts, passthrough)
+    print("[run] " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(cmd, env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Fold the LoRA adapters of a saved LoRA training checkpoint into the base weights.
+
+    python -m finetune.merge_lora CHECKPOINT_DIR [--out DIR] [--iteration N]
+
+writes a plain CogVLM checkpoint in the official SAT layout (default: CHECKPOINT_DIR/merged) that
+`CogVLMModel.from_pretrained` and `python -m inference.cli_demo --from_pretrained DIR` load directly.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from finetune.lora import LoRAConfig, add_lora, merge_lora
+
+
+def load_lora_checkpoint(path, iteration=None):
+    """(model with adapters attached and loaded, iteration) from a LoRA training checkpoint, on CPU."""
+    from models.checkpoint import CheckpointError, check_keys, load_state_dict, read_latest
+    from models.cogvlm import CogVLMModel
+    from models.config import load_model_config
+    config = load_model_config(str(path))
+    if "lora" not in config:
+        raise CheckpointError(f"{path}/model_config.json has no 'lora' entry: not a LoRA training checkpoint "
+                              f"(it already loads with CogVLMModel.from_pretrained)")
+    lora = LoRAConfig.from_dict(config.pop("lora"))
+    iteration = int(read_latest(path)) if iteration is None else int(iteration)
+    state = load_state_dict(path, iteration)
+    dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+    args = CogVLMModel.get_args(**config)
+    args.skip_init = True
+    model = CogVLMModel(args, params_dtype=dtype)
+    add_lora(model, lora)
+    check_keys({k: v.shape for k, v in model.state_dict().items()}, state, f"{path}/{iteration}")
+    model.load_state_dict(state, strict=False)
+    return model.to(dtype).eval(), iteration
+
+
+def merge_checkpoint(path, out: Optional[Path] = None, iteration=None) -> Path:
+    """Merge and save; returns the output directory."""
+    path = Path(path)
+    out = Path(out) if out is not None else path / "merged"
+    model, iteration = load_lora_checkpoint(path, iteration)
+    with torch.no_grad():
+        merge_lora(model)
+    model.save_pretrained(out, iteration=iteration)
+    if (path / "tokenizer.model").is_file():
+        shutil.copyfile(path / "tokenizer.model", out / "tokenizer.model")
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m finetune.merge_lora", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a LoRA training checkpoint directory (model_config.json has 'lora')")
+    p.add_argument("--out", default=None, help="output directory (default: CHECKPOINT/merged)")
+    p.add_argument("--iteration", type=int, default=None, help="which saved iteration (default: latest)")
+    a = p.parse_args(argv)
+    from models.checkpoint import CheckpointError
+    try:
+        out = merge_checkpoint(a.checkpoint, a.out, a.iteration)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"merge_lora: {e}", file=sys.stderr)
+        return 2
+    print(f"merged checkpoint: {out}\nchat with it:  python -m inference.cli_demo --from_pretrained {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
