@@ -38,13 +38,19 @@ Categories, easiest first (each item draws one; items cycle through the chosen c
 - ``position``: where one shape is in the image (left/right/top/bottom), or where one shape is
   relative to another (left/right/above/below).
 - ``chart``: a bar chart of 3-4 colored bars; which color's bar is the tallest or the shortest.
-- ``count``: 1-5 shapes; how many shapes, or how many of one shape or one color (answers 0-5, uniform).
-- ``arithmetic``: 2-5 shapes; remove all of one shape or color, how many shapes are left (answers 0-4,
+- ``count``: 1-5 shapes; how many shapes, or how many of one shape or one color (answers 0-3, uniform).
+- ``arithmetic``: 2-5 shapes; remove all of one shape or color, how many shapes are left (answers 0-3,
   uniform).
+
+Options (``option_order``): "fixed" (the default) lists the same four options in the same order for
+every question of a category (colors red, green, blue, yellow; circle, square, triangle, star; left,
+right, top, bottom or left, right, above, below; 0, 1, 2, 3; a chart's bar colors left to right), so
+the image alone decides the letter. "shuffled" draws the distractors and the letter at random, which
+adds an in-prompt lookup of the letter on top of seeing.
 
 Images are ``image_size`` px square (default 56: the tiny model's 8x8 patches of 7 px), a plain light
 background, at most 5 non-overlapping shapes (14-16 px for the color and shape questions, 10-14 px
-otherwise; all sizes scale with the image size) at least 3 px apart, drawn without anti-aliasing in five clearly distinct colors, so every shape pixel has its palette color
+otherwise; all sizes scale with the image size) at least 3 px apart, drawn without anti-aliasing in four clearly distinct colors, so every shape pixel has its palette color
 exactly. Each item is drawn from its own ``random.Random`` seeded by (seed, split, index), so the
 same arguments give byte-identical files and item i does not depend on N.
 
@@ -70,23 +76,33 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
+FORMAT_VERSION = 2  # bumped when the same arguments would draw different items (2: fixed options)
 CATEGORIES: Tuple[str, ...] = ("color", "shape", "position", "chart", "count", "arithmetic")
 LETTERS: Tuple[str, ...] = ("A", "B", "C", "D")
 DEFAULT_IMAGE_SIZE = 56
 MIN_IMAGE_SIZE = 28
 MAX_OBJECTS = 5
 
-# Five colors far apart from each other and from the background and the chart's gray axes.
+# Four colors far apart from each other and from the background and the chart's gray axes.
 PALETTE: Dict[str, Tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
     "blue": (40, 80, 220),
     "yellow": (230, 190, 20),
-    "purple": (150, 60, 190),
 }
 COLORS: Tuple[str, ...] = tuple(PALETTE)
 SHAPES: Tuple[str, ...] = ("circle", "square", "triangle")
 SHAPE_DISTRACTOR = "star"  # a fourth shape option; never drawn, never the answer
+MAX_ANSWER = 3  # count and arithmetic answers are 0..3, so that the four options 0-3 cover them all
+
+# How the four options are listed. "fixed": every question of a category lists the same options in
+# the same order (a bar chart's options follow its bars left to right), so the letter stands for one
+# value. "shuffled": three distractors drawn at random and the right answer at a random letter; the
+# letter then has to be looked up in the prompt, which a tiny model trained from scratch for a few
+# minutes does not learn (see the README's fine-tuning section).
+OPTION_ORDERS: Tuple[str, ...] = ("fixed", "shuffled")
+DEFAULT_OPTION_ORDER = "fixed"
+NUMBER_OPTIONS: Tuple[str, ...] = tuple(str(v) for v in range(MAX_ANSWER + 1))
 BACKGROUND = (245, 245, 245)
 AXIS_COLOR = (90, 90, 90)
 
@@ -223,8 +239,15 @@ def _place(rng: random.Random, sizes: Sequence[int], canvas: _Canvas,
     raise RuntimeError(f"could not place {len(sizes)} shapes on {W} px")  # not reached for <= 5 shapes
 
 
-def _options(rng: random.Random, correct: str, distractors: Sequence[str]) -> Tuple[List[str], str]:
-    """Four distinct options: the correct one at a random letter, three of `distractors` elsewhere."""
+def _options(rng: random.Random, correct: str, distractors: Sequence[str], order: str) -> Tuple[List[str], str]:
+    """(four distinct options, the correct letter). "fixed": `distractors` is the category's own list of
+    four options in display order and `correct` one of them; "shuffled": the correct one at a random
+    letter and three of `distractors` elsewhere."""
+    if order == "fixed":
+        opts = list(dict.fromkeys(distractors))
+        if len(opts) != 4 or correct not in opts:
+            raise ValueError(f"fixed options must be 4 distinct values including {correct!r}, got {opts}")
+        return opts, LETTERS[opts.index(correct)]
     pool = [d for d in dict.fromkeys(distractors) if d != correct]
     if len(pool) < 3:
         raise ValueError(f"need 3 distractors for {correct!r}, got {pool}")
@@ -234,10 +257,12 @@ def _options(rng: random.Random, correct: str, distractors: Sequence[str]) -> Tu
     return opts, LETTERS[k]
 
 
-def _number_options(rng: random.Random, correct: int) -> Tuple[List[str], str]:
-    """Numbers near the correct count (never negative)."""
+def _number_options(rng: random.Random, correct: int, order: str) -> Tuple[List[str], str]:
+    """0-3 in order ("fixed"), or numbers near the correct count, never negative ("shuffled")."""
+    if order == "fixed":
+        return _options(rng, str(correct), NUMBER_OPTIONS, order)
     near = [v for v in range(correct - 3, correct + 4) if v >= 0 and v != correct]
-    return _options(rng, str(correct), [str(v) for v in near])
+    return _options(rng, str(correct), [str(v) for v in near], order)
 
 
 def _join(words: Sequence[str]) -> str:
@@ -263,9 +288,9 @@ def _single_object_scene(rng: random.Random, canvas: _Canvas) -> Dict[str, Any]:
     return _obj(shape, color, x, y, s)
 
 
-def _item_color(rng: random.Random, canvas: _Canvas) -> Tuple[str, str, List[str], str, Dict[str, Any]]:
+def _item_color(rng: random.Random, canvas: _Canvas, order: str) -> Tuple[str, str, List[str], str, Dict[str, Any]]:
     o = _single_object_scene(rng, canvas)
-    options, letter = _options(rng, o["color"], COLORS)
+    options, letter = _options(rng, o["color"], COLORS, order)
     text = four_stage(
         "I will find the color of the shape.",
         f"The image shows one {o['color']} {o['shape']}.",
@@ -274,9 +299,9 @@ def _item_color(rng: random.Random, canvas: _Canvas) -> Tuple[str, str, List[str
     return "What color is the shape?", text, options, letter, {"objects": [o]}
 
 
-def _item_shape(rng: random.Random, canvas: _Canvas):
+def _item_shape(rng: random.Random, canvas: _Canvas, order: str):
     o = _single_object_scene(rng, canvas)
-    options, letter = _options(rng, o["shape"], SHAPES + (SHAPE_DISTRACTOR,))
+    options, letter = _options(rng, o["shape"], SHAPES + (SHAPE_DISTRACTOR,), order)
     text = four_stage(
         "I will find the kind of shape.",
         f"The image shows one {o['color']} {o['shape']}.",
@@ -285,7 +310,7 @@ def _item_shape(rng: random.Random, canvas: _Canvas):
     return "What shape is in the image?", text, options, letter, {"objects": [o]}
 
 
-def _item_position(rng: random.Random, canvas: _Canvas):
+def _item_position(rng: random.Random, canvas: _Canvas, order: str):
     W = canvas.size
     third = W // 3
     if rng.random() < 0.5:
@@ -301,7 +326,7 @@ def _item_position(rng: random.Random, canvas: _Canvas):
         (x, y), = _place(rng, [s], canvas, [region])
         canvas.shape(shape, color, x, y, s)
         o = _obj(shape, color, x, y, s)
-        options, letter = _options(rng, where, ("left", "right", "top", "bottom"))
+        options, letter = _options(rng, where, ("left", "right", "top", "bottom"), order)
         side = f"on the {where}" if where in ("left", "right") else f"at the {where}"
         text = four_stage(
             "I will find where the shape is.",
@@ -333,7 +358,7 @@ def _item_position(rng: random.Random, canvas: _Canvas):
     canvas.shape(shape_b, color_b, xb, yb, sb)
     a, b = _obj(shape_a, color_a, xa, ya, sa), _obj(shape_b, color_b, xb, yb, sb)
     name_a, name_b = f"{color_a} {shape_a}", f"{color_b} {shape_b}"
-    options, letter = _options(rng, rel, ("left", "right", "above", "below"))
+    options, letter = _options(rng, rel, ("left", "right", "above", "below"), order)
     phrase = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}[rel]
     text = four_stage(
         "I will compare where the two shapes are.",
@@ -375,8 +400,8 @@ def _target(rng: random.Random) -> Tuple[str, str, str, str]:
     return "color", value, f"{value} shape", f"{value} shapes"
 
 
-def _item_count(rng: random.Random, canvas: _Canvas):
-    k = rng.randint(0, MAX_OBJECTS)  # the answer, uniform so that no count is a safe guess
+def _item_count(rng: random.Random, canvas: _Canvas, order: str):
+    k = rng.randint(0, MAX_ANSWER)  # the answer, uniform so that no count is a safe guess
     if k > 0 and rng.random() < 1 / 3:
         n = k
         objs = _mixed_objects(rng, canvas, n, None, None, n)
@@ -386,7 +411,7 @@ def _item_count(rng: random.Random, canvas: _Canvas):
         n = rng.randint(max(k, 1), MAX_OBJECTS)
         objs = _mixed_objects(rng, canvas, n, attr, value, k)
         question, summary_what, hits = f"How many {noun} are there?", noun, [o for o in objs if o[attr] == value]
-    options, letter = _number_options(rng, k)
+    options, letter = _number_options(rng, k, order)
     if hits is None:
         steps = f"Counting all shapes gives {k}."
     elif k == 0:
@@ -401,13 +426,13 @@ def _item_count(rng: random.Random, canvas: _Canvas):
     return question, text, options, letter, {"objects": objs}
 
 
-def _item_arithmetic(rng: random.Random, canvas: _Canvas):
+def _item_arithmetic(rng: random.Random, canvas: _Canvas, order: str):
     attr, value, one, noun = _target(rng)
-    left = rng.randint(0, MAX_OBJECTS - 1)  # the answer, uniform
+    left = rng.randint(0, MAX_ANSWER)  # the answer, uniform
     n = rng.randint(max(2, left + 1), MAX_OBJECTS)
     k = n - left  # at least one shape is removed
     objs = _mixed_objects(rng, canvas, n, attr, value, k)
-    options, letter = _number_options(rng, left)
+    options, letter = _number_options(rng, left, order)
     text = four_stage(
         f"I will count all shapes and subtract the {noun}.",
         f"The image shows {_describe(objs)}.",
@@ -418,7 +443,7 @@ def _item_arithmetic(rng: random.Random, canvas: _Canvas):
     return question, text, options, letter, {"objects": objs, "removed": {attr: value}}
 
 
-def _item_chart(rng: random.Random, canvas: _Canvas):
+def _item_chart(rng: random.Random, canvas: _Canvas, order: str):
     W = canvas.size
     nbars = rng.choice((3, 4))
     colors = rng.sample(COLORS, nbars)
@@ -444,8 +469,11 @@ def _item_chart(rng: random.Random, canvas: _Canvas):
     pick = ranked[0] if which == "tallest" else ranked[-1]
     absent = [c for c in COLORS if c not in colors]
     rng.shuffle(absent)
-    distractors = [c for c in colors + absent if c != pick["color"]][:3]  # the other bars first
-    options, letter = _options(rng, pick["color"], distractors)
+    if order == "fixed":  # the bars left to right, then the colors not drawn, in palette order
+        options, letter = _options(rng, pick["color"], colors + [c for c in COLORS if c not in colors], order)
+    else:
+        distractors = [c for c in colors + absent if c != pick["color"]][:3]  # the other bars first
+        options, letter = _options(rng, pick["color"], distractors, order)
     text = four_stage(
         f"I will compare the bars to find the {which} one.",
         f"The image shows a bar chart with bars for {_join([b['color'] for b in bars])}.",
@@ -465,20 +493,24 @@ _MAKERS = {
 assert tuple(_MAKERS) == CATEGORIES
 
 
-def make_item(rng: Union[random.Random, int], category: str, image_size: int = DEFAULT_IMAGE_SIZE) -> Item:
+def make_item(rng: Union[random.Random, int], category: str, image_size: int = DEFAULT_IMAGE_SIZE,
+              option_order: str = DEFAULT_OPTION_ORDER) -> Item:
     """Draw one item of `category` from `rng` (a ``random.Random``, or an int seed).
 
     Returns an `Item` that unpacks as ``(image, question, options, answer_letter, four_stage_answer,
     category)``: a PIL RGB image of ``image_size`` px, the question without options, four distinct
     option strings for A-D, the correct letter, the LLaVA-CoT answer whose ``<CONCLUSION>`` is that
-    letter, and the category. ``item.scene`` describes what was drawn.
+    letter, and the category. ``item.scene`` describes what was drawn. `option_order` is "fixed" or
+    "shuffled" (see `OPTION_ORDERS`).
     """
     if category not in _MAKERS:
         raise ValueError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
+    if option_order not in OPTION_ORDERS:
+        raise ValueError(f"unknown option order {option_order!r}; choose from {', '.join(OPTION_ORDERS)}")
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     canvas = _Canvas(int(image_size))
-    question, text, options, letter, scene = _MAKERS[category](rng, canvas)
+    question, text, options, letter, scene = _MAKERS[category](rng, canvas, option_order)
     scene = dict(scene, image_size=canvas.size)
     return Item(canvas.image, question, list(options), letter, text, category, scene)
 
@@ -530,7 +562,7 @@ def _check_categories(categories: Optional[Sequence[str]]) -> List[str]:
 
 def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Optional[int] = None,
              image_size: int = DEFAULT_IMAGE_SIZE, categories: Optional[Sequence[str]] = None,
-             *, progress: bool = True) -> Dict[str, Path]:
+             option_order: str = DEFAULT_OPTION_ORDER, *, progress: bool = True) -> Dict[str, Path]:
     """Write `n` training and `n_test` held-out items into `out_dir` (see the module docstring).
 
     Item i of a split has category ``categories[i % len(categories)]`` and is drawn from
@@ -543,6 +575,8 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
     if n_test < 0:
         raise ValueError(f"n_test must be >= 0, got {n_test}")
     cats = _check_categories(categories)
+    if option_order not in OPTION_ORDERS:
+        raise ValueError(f"unknown option order {option_order!r}; choose from {', '.join(OPTION_ORDERS)}")
     out = Path(out_dir)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -554,7 +588,7 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
     try:
         with open(paths["train"], "w", encoding="utf-8", newline="\n") as f:
             for i in range(n):
-                item = make_item(item_rng(seed, "train", i), cats[i % len(cats)], image_size)
+                item = make_item(item_rng(seed, "train", i), cats[i % len(cats)], image_size, option_order)
                 item_id = f"synth-{i + 1:06d}"
                 (images / f"{item_id}.png").write_bytes(png_bytes(item.image))
                 f.write(json.dumps(_record(item_id, f"images/{item_id}.png", item), ensure_ascii=False) + "\n")
@@ -564,7 +598,7 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
             tsv = csv.writer(ft, delimiter="\t", lineterminator="\n")
             tsv.writerow(TSV_COLUMNS)
             for j in range(n_test):
-                item = make_item(item_rng(seed, "test", j), cats[j % len(cats)], image_size)
+                item = make_item(item_rng(seed, "test", j), cats[j % len(cats)], image_size, option_order)
                 item_id = f"synth-test-{j + 1:06d}"
                 data = png_bytes(item.image)
                 (images / f"{item_id}.png").write_bytes(data)
@@ -622,6 +656,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", nargs="+", default=None, metavar="CAT",
                    help="categories to draw, space- or comma-separated (default: all); "
                         "item i gets the (i mod count)-th of them")
+    p.add_argument("--option-order", choices=OPTION_ORDERS, default=DEFAULT_OPTION_ORDER,
+                   help="fixed: each category lists the same four options in the same order (a chart's "
+                        "follow its bars), so a letter stands for one value; shuffled: random distractors "
+                        "at random letters, so the letter must be looked up in the prompt "
+                        f"(default: {DEFAULT_OPTION_ORDER})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -630,7 +669,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         paths = generate(args.out, args.n, args.seed, n_test=args.n_test, image_size=args.image_size,
-                         categories=args.categories, progress=not args.no_progress)
+                         categories=args.categories, option_order=args.option_order,
+                         progress=not args.no_progress)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

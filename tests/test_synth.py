@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from dataset import synth
-from dataset.synth import CATEGORIES, LETTERS, PALETTE, generate, item_rng, make_item, tsv_row_to_prompt
+from dataset.synth import CATEGORIES, LETTERS, OPTION_ORDERS, PALETTE, generate, item_rng, make_item, tsv_row_to_prompt
 
 N_TRAIN, N_TEST, SEED = 48, 24, 7
 STAGES_RE = re.compile(r"^<SUMMARY> (.+) </SUMMARY> <CAPTION> (.+) </CAPTION> "
@@ -218,16 +218,18 @@ def test_ids_disjoint_and_categories_present(data):
     assert not {(root / r["image"]).read_bytes() for r in train} & {(root / r["image"]).read_bytes() for r in test}
 
 
+@pytest.mark.parametrize("order", OPTION_ORDERS)
 @pytest.mark.parametrize("category", CATEGORIES)
-def test_make_item_true_to_pixels_and_scene(category):
-    letters = Counter()
+def test_make_item_true_to_pixels_and_scene(category, order):
+    letters, option_lists = Counter(), set()
     for i in range(40):
-        item = make_item(item_rng(123, "train", i), category, 56)
+        item = make_item(item_rng(123, "train", i), category, 56, order)
         image, question, options, letter, text, cat = item  # the documented 6-tuple
         assert item[3] == letter and item[-1] == cat and len(item) == 6
         assert cat == category and image.size == (56, 56) and image.mode == "RGB"
         check_item(question, options, letter, text, image)
         letters[letter] += 1
+        option_lists.add(tuple(options))
         # The scene matches the pixels: the same colored boxes (and shapes) as the blobs found.
         found = blobs(image)
         drawn = item.scene.get("objects") or item.scene.get("bars")
@@ -242,7 +244,22 @@ def test_make_item_true_to_pixels_and_scene(category):
         caption = STAGES_RE.match(text).group(2)
         for o in drawn:
             assert o["color"] in caption
-    assert len(letters) == 4  # the correct option moves around
+    if order == "shuffled":
+        assert len(letters) == 4  # the correct option moves around
+    elif category == "chart":  # options follow the bars; the right bar is anywhere
+        assert len(letters) >= 3
+    else:  # one list of options per category (two for position: in the image / relative to another shape)
+        assert len(option_lists) == (2 if category == "position" else 1), option_lists
+        assert len(letters) == (3 if category == "shape" else 4)  # star is never the answer
+
+
+def test_fixed_options_follow_the_chart_bars():
+    for i in range(20):
+        item = make_item(item_rng(5, "test", i), "chart", 56, "fixed")
+        bars = [b["color"] for b in item.scene["bars"]]
+        assert item.options[:len(bars)] == bars
+        with pytest.raises(ValueError, match="option order"):
+            make_item(0, "chart", 56, "sorted")
 
 
 def test_make_item_accepts_int_seed_and_other_sizes():
