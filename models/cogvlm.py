@@ -30,6 +30,11 @@ class LMHeadMixin(BaseMixin):
         return self.lm_head(logits)
 
 
+# Linears that write into the residual stream (their init is scaled down with depth).
+_RESIDUAL_OUTPUTS = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
+_EXPERT_RESIDUAL_OUTPUTS = ("vision_dense_list.", "vision_dense_4h_to_h_list.")
+
+
 class CogVLMModel(BaseModel):
     """Build with `CogVLMModel(CogVLMModel.get_args(**model_config))`, or load with `from_pretrained`.
 
@@ -56,14 +61,24 @@ class CogVLMModel(BaseModel):
             self.init_new_weights()
         self.args = args
 
-    def init_new_weights(self, std: float = 0.02):
-        """Random init for the mixins' own linears (SAT initialises only the transformer)."""
-        for name in ("lm", "mlp", "rotary"):
-            for p in self.mixins[name].parameters():
-                if p.dim() == 2:
-                    nn.init.normal_(p, std=std)
-        for p in self.mixins["eva"].linear_proj.parameters():
-            if p.dim() == 2:
+    def init_new_weights(self) -> None:
+        """Draw every random matrix with std 1/sqrt(fan_in), the residual-branch outputs further scaled by
+        1/sqrt(2 * layers); embeddings keep SAT's 0.02.
+
+        SAT's fixed std (0.02, 0.01 here) suits widths in the thousands; at the tiny preset's width 128
+        it leaves attention almost uniform and the image unseen for hundreds of steps. Checkpoints
+        overwrite all of this, so it only matters for training from random weights.
+        """
+        towers = {"mixins.eva.vit_model.": len(self.mixins["eva"].vit_model.transformer.layers)}
+        lm_layers = len(self.transformer.layers)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.dim() != 2 or "embeddings" in name:
+                    continue
+                layers = next((n for prefix, n in towers.items() if name.startswith(prefix)), lm_layers)
+                std = p.shape[1] ** -0.5
+                if name.endswith(_RESIDUAL_OUTPUTS) or any(k in name for k in _EXPERT_RESIDUAL_OUTPUTS):
+                    std /= (2 * layers) ** 0.5
                 nn.init.normal_(p, std=std)
 
     def position_embedding_forward(self, *args, **kwargs):

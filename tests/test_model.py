@@ -166,6 +166,26 @@ def test_shared_prefix_cache_equals_independent_rows(tiny_model, tiny_config, im
     assert shared.suffix.nbytes() < 3 * prefix.nbytes()  # rows hold their own tokens only
 
 
+def test_random_init_is_scaled_to_the_width(tiny_model):
+    """Random matrices get std 1/sqrt(fan_in), residual-branch outputs 1/sqrt(2 * layers) less, so the
+    width-128 preset starts with attention that is not flat (SAT's fixed 0.02 made it so)."""
+    layers = len(tiny_model.transformer.layers)
+    vit_layers = len(tiny_model.mixins["eva"].vit_model.transformer.layers)
+    checked = 0
+    for name, p in tiny_model.named_parameters():
+        if p.dim() != 2 or "embeddings" in name or p.numel() < 4096:
+            continue
+        expect = p.shape[1] ** -0.5
+        if "attention.dense." in name or "dense_4h_to_h." in name and "linear_proj" not in name \
+                or "vision_dense_list." in name or "vision_dense_4h_to_h_list." in name:
+            expect /= (2 * (vit_layers if "vit_model" in name else layers)) ** 0.5
+        assert abs(p.std().item() / expect - 1) < 0.1, (name, p.std().item(), expect)
+        checked += 1
+    assert checked > 30
+    embed = tiny_model.transformer.word_embeddings.weight
+    assert abs(embed.std().item() - 0.02) < 0.002
+
+
 def test_checkpoint_round_trip(tiny_model, tiny_config, image_batch, tmp_path):
     inputs = image_batch(torch.randint(3, tiny_config.vocab_size, (1, 5)))
     tiny_model.save_pretrained(tmp_path / "ckpt", iteration=7)
