@@ -18,7 +18,7 @@ NAMED_CONFIGS = {"zero2_bf16": "zero2_bf16.json", "zero3": "zero3.json", "cpu": 
 
 # The embedded default run: cogvlm-tiny on freshly generated synthetic data (measured, see README).
 DEFAULTS = dict(
-    model="cogvlm-tiny", train_iters=1000, batch_size=16, lr=1e-3, warmup=0.03, weight_decay=0.0,
+    model="cogvlm-tiny", train_iters=900, batch_size=16, lr=2e-3, warmup=0.03, weight_decay=0.0,
     log_interval=20, synth_n=16000, synth_n_test=300, synth_seed=7,
 )
 
@@ -144,6 +144,9 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
         p.add(g, "--synth-n", type=int, default=DEFAULTS["synth_n"], metavar="N", help="training items")
         p.add(g, "--synth-n-test", type=int, default=DEFAULTS["synth_n_test"], metavar="M", help="held-out items")
         p.add(g, "--synth-seed", type=int, default=DEFAULTS["synth_seed"], metavar="S", help="generator seed")
+        p.add(g, "--synth-option-order", default="fixed", choices=["fixed", "shuffled"],
+              help="fixed: a category always lists the same options, so the image decides the letter; "
+                   "shuffled: the letter must also be looked up in the prompt (not learnt in a short run)")
         p.add(g, "--data-dir", default="data", metavar="DIR", help="where synthetic data sets are written (and reused)")
     return p
 

@@ -18,7 +18,7 @@ from finetune import arguments
 
 ENTRY = Path(__file__).resolve().parent / "finetune.py"
 LAUNCH_ONLY = ("num_gpus", "num_nodes", "hostfile", "master_addr", "master_port",
-               "synth_n", "synth_n_test", "synth_seed", "data_dir")
+               "synth_n", "synth_n_test", "synth_seed", "synth_option_order", "data_dir")
 
 
 def cuda_available() -> bool:
@@ -29,13 +29,15 @@ def cuda_available() -> bool:
 def synthetic_data(opts) -> Path:
     """Generate (or reuse) the synthetic train/test split named by its size and seed."""
     from dataset import synth
-    out = Path(opts.data_dir) / f"synth-n{opts.synth_n}-t{opts.synth_n_test}-s{opts.synth_seed}"
+    out = Path(opts.data_dir) / (f"synth-v{synth.FORMAT_VERSION}-{opts.synth_option_order}-n{opts.synth_n}"
+                                 f"-t{opts.synth_n_test}-s{opts.synth_seed}")
     done = out / ".complete"
     if done.is_file():
         print(f"[data] reusing synthetic data {out}", flush=True)
         return out
     t = time.time()
-    synth.generate(out, n=opts.synth_n, seed=opts.synth_seed, n_test=opts.synth_n_test, progress=True)
+    synth.generate(out, n=opts.synth_n, seed=opts.synth_seed, n_test=opts.synth_n_test,
+                   option_order=opts.synth_option_order, progress=True)
     done.write_text("ok\n")
     print(f"[data] generated {opts.synth_n} training + {opts.synth_n_test} held-out items in {out} "
           f"({time.time() - t:.0f} s)", flush=True)
