@@ -100,6 +100,9 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
     p.add(g, "--lr-decay-style", default="cosine", choices=["cosine", "linear", "constant"], help="decay after warmup")
     p.add(g, "--weight-decay", type=float, default=DEFAULTS["weight_decay"], help="AdamW weight decay")
     p.add(g, "--seed", type=int, default=1234, help="random seed (model init, data order, dropout)")
+    p.add(g, "--hidden-dropout", type=float, default=0.0,
+          help="dropout on the hidden states (SAT's own default is 0.1; 0 keeps N processes equal to one)")
+    p.add(g, "--attention-dropout", type=float, default=0.0, help="dropout on the attention probabilities")
 
     g = p.add_argument_group("what trains")
     p.add(g, "--finetune-mode", default="full", choices=["full", "lora"], help="full fine-tuning or LoRA")

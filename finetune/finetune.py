@@ -49,7 +49,9 @@ def sat_argv(opts, ds_config_path: str, num_workers: int, eval_interval: Optiona
             "--train-data", *opts.train_data, "--split", "1", "--strict-eval",
             "--batch-size", str(opts.batch_size), "--lr", str(opts.lr), "--warmup", str(opts.warmup),
             "--lr-decay-style", opts.lr_decay_style, "--weight-decay", str(opts.weight_decay),
-            "--seed", str(opts.seed), "--log-interval", str(10 ** 9),  # our progress line replaces SAT's
+            "--seed", str(opts.seed), "--hidden-dropout", str(opts.hidden_dropout),
+            "--attention-dropout", str(opts.attention_dropout),
+            "--log-interval", str(10 ** 9),  # our progress line replaces SAT's
             "--num-workers", str(num_workers), "--experiment-name", opts.experiment_name,
             "--summary-dir", opts.summary_dir]
     argv += ["--epochs", str(opts.epochs)] if opts.epochs else ["--train-iters", str(opts.train_iters)]

@@ -171,13 +171,13 @@ def _parse(argv, monkeypatch=None, env=None):
 
 
 def test_every_option_has_an_environment_variable(monkeypatch):
-    opts, rest = _parse(["--batch-size", "3", "--hidden-dropout", "0"], monkeypatch,
+    opts, rest = _parse(["--batch-size", "3", "--checkpoint-activations"], monkeypatch,
                         {"COGCOT_LR": "0.02", "COGCOT_TRAIN_DATA": "a.jsonl,b.jsonl", "COGCOT_BATCH_SIZE": "9",
                          "COGCOT_STRICT_DATA": "1", "COGCOT_FINETUNE_MODE": "lora"})
     assert opts.lr == 0.02 and opts.train_data == ["a.jsonl", "b.jsonl"] and opts.strict_data
     assert opts.finetune_mode == "lora"
     assert opts.batch_size == 3  # the command line wins
-    assert rest == ["--hidden-dropout", "0"]  # unknown options go to SAT
+    assert rest == ["--checkpoint-activations"]  # unknown options go to SAT
     help_text = arguments.build_parser(launcher=True).format_help()
     for action in arguments.build_parser(launcher=True)._actions:
         if action.option_strings and action.dest != "help":

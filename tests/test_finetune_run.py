@@ -103,11 +103,9 @@ def test_resume_continues_exactly(synth, tmp_path):
     assert [r["loss"] for r in train_log(straight)] == [r["loss"] for r in train_log(resumed)]
 
 
-@pytest.mark.xfail(reason="known open problem (issue 4): the 2-process gloo run does not yet follow the "
-                          "1-process loss curve within 1e-4; kept running so a fix shows up as XPASS", strict=False)
 def test_two_processes_match_one_with_the_same_global_batch(synth, tmp_path):
     """gloo data parallelism: 2 x 2 samples per step gives the loss curve of 1 x 4 samples."""
-    common = ["--train-iters", 6]  # no dropout by default: the two runs draw different masks
+    common = ["--train-iters", 6]  # dropout is off by default (with it the processes draw different masks)
     rc, out1 = launch(*quick(synth, tmp_path / "one", *common, "--batch-size", 4, "--num-gpus", 1))
     assert rc == 0, out1[-3000:]
     rc, out2 = launch(*quick(synth, tmp_path / "two", *common, "--batch-size", 2, "--num-gpus", 2))
@@ -120,7 +118,14 @@ def test_two_processes_match_one_with_the_same_global_batch(synth, tmp_path):
         assert abs(x - y) <= 1e-4 * abs(x), (l1, l2)
     a, b = module_state(one, 6), module_state(two, 6)
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5, msg=k)
+        x, y = a[k], b[k]
+        if k.endswith("query_key_value.bias"):
+            # The key bias shifts every score of a query equally, so softmax makes its gradient exactly
+            # zero; only rounding noise is left, and Adam scales noise up to lr-sized steps. Compare the
+            # query and value parts.
+            third = x.shape[0] // 3  # [3 * hidden] = q | k | v
+            x, y = torch.cat([x[:third], x[2 * third:]]), torch.cat([y[:third], y[2 * third:]])
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-5, msg=k)
 
 
 def test_lora_run_merges_into_a_plain_checkpoint(synth, tmp_path):
