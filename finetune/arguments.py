@@ -18,7 +18,7 @@ NAMED_CONFIGS = {"zero2_bf16": "zero2_bf16.json", "zero3": "zero3.json", "cpu": 
 
 # The embedded default run: cogvlm-tiny on freshly generated synthetic data (measured, see README).
 DEFAULTS = dict(
-    model="cogvlm-tiny", train_iters=900, batch_size=16, lr=2e-3, warmup=0.03, weight_decay=0.0,
+    model="cogvlm-tiny", train_iters=1300, batch_size=16, lr=2e-3, warmup=0.03, weight_decay=0.0,
     log_interval=20, synth_n=16000, synth_n_test=300, synth_seed=7,
 )
 
