@@ -19,7 +19,7 @@ Record format (one JSON object per line; image paths relative to the JSONL's fol
 
     {"id": "synth-000001", "image": "images/synth-000001.png",
      "conversations": [
-        {"from": "human", "value": "<image>\\nWhat color is the shape?\\nOptions: A. red B. blue C. green D. yellow"},
+        {"from": "human", "value": "<image>\\nWhat color is the shape?\\nOptions: A. red B. green C. blue D. yellow"},
         {"from": "gpt", "value": "<SUMMARY> ... </SUMMARY> <CAPTION> ... </CAPTION> "
                                  "<REASONING> ... </REASONING> <CONCLUSION> A </CONCLUSION>"}],
      "category": "color", "answer": "A"}
