@@ -32,7 +32,7 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
-def _barrier() -> None:
+def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
 
@@ -90,7 +90,7 @@ def save_training_checkpoint(engine, ckpt_dir, iteration: int, trainer_state: di
     torch.save(rng_state(), ckpt_dir / tag / f"rng_state_rank{_rank():03d}.pt")
     if _rank() == 0:
         write_model_files(engine.module, ckpt_dir, tokenizer_file, lora_config)
-    _barrier()
+    barrier()
     return ckpt_dir / tag
 
 
@@ -113,3 +113,30 @@ def restore_training_state(engine, ckpt_dir, iteration: int) -> None:
         set_rng_state(torch.load(rng_file, weights_only=False))
     elif _rank() == 0:
         print(f"[resume] {rng_file} missing (different number of processes?): RNG streams start afresh")
+
+
+def load_training_checkpoint(path, base_args=None, dtype: Optional[torch.dtype] = None, iteration=None):
+    """(model with its LoRA adapters, if the run had any, model args, LoRA config or None, iteration)
+    from a checkpoint this trainer saved. Every weight is checked by name and shape before loading.
+
+    base_args: run-time settings (dtype flags, device, ...) to carry into the model args; dtype: the
+    parameters' dtype (default: that of the saved weights); iteration: default the latest.
+    """
+    from models.checkpoint import check_keys, load_state_dict
+    from models.cogvlm import CogVLMModel, build_model_args
+    from models.config import load_model_config
+    from .lora import LoRAConfig, add_lora
+    config = load_model_config(str(path))
+    lora = LoRAConfig.from_dict(config.pop("lora")) if "lora" in config else None
+    iteration = int(read_latest(path)) if iteration is None else int(iteration)
+    state = load_state_dict(path, iteration)
+    if dtype is None:
+        dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+    margs = build_model_args(config, base_args)
+    margs.skip_init = True
+    model = CogVLMModel(margs, params_dtype=dtype)
+    if lora is not None:
+        add_lora(model, lora)
+    check_keys({k: v.shape for k, v in model.state_dict().items()}, state, f"{path}/{iteration}")
+    model.load_state_dict(state, strict=False)
+    return model.to(dtype), margs, lora, iteration

@@ -24,7 +24,8 @@ if __package__ in (None, ""):  # run as a script by the launcher: make the repos
 import torch
 
 from finetune import arguments
-from finetune.checkpoint import read_trainer_state, restore_training_state, save_training_checkpoint
+from finetune.checkpoint import (barrier, load_training_checkpoint, read_trainer_state, restore_training_state,
+                                 save_training_checkpoint)
 from finetune.data import DatasetFactory, make_collator
 from finetune.lora import LoRAConfig, add_lora, freeze_for_lora
 from finetune.parts import PARTS, apply_freeze, check_partition, format_summary, parse_parts, trainable_summary
@@ -36,11 +37,6 @@ from models import sat_compat
 def log(msg: str) -> None:
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         print(msg, flush=True)
-
-
-def barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def sat_argv(opts, ds_config_path: str, num_workers: int, eval_interval: Optional[int]) -> list:
@@ -62,21 +58,9 @@ def sat_argv(opts, ds_config_path: str, num_workers: int, eval_interval: Optiona
     return argv
 
 
-def model_args_for(config: dict, sat_args):
-    """SAT Namespace: architecture from a model_config, run-time settings (dtype, device, dropout) from SAT."""
-    from models.cogvlm import CogVLMModel
-    built = CogVLMModel.get_args(**config)
-    for k, v in vars(sat_args).items():
-        if k not in config:
-            setattr(built, k, v)
-    return built
-
-
 def build_model(opts, sat_args):
     """(model, model args, LoRA config or None, iteration to resume from or 0)."""
     from models.cogvlm import CogVLMModel
-    from models.checkpoint import check_keys, load_state_dict, read_latest
-    from models.config import load_model_config
     if not opts.resume:
         model, margs = CogVLMModel.from_pretrained(opts.from_pretrained, args=sat_args)
         lora = None
@@ -86,19 +70,8 @@ def build_model(opts, sat_args):
             add_lora(model, lora)
         return model, margs, lora, 0
     # Resume: the architecture (and LoRA structure) of the checkpoint, its weights.
-    config = load_model_config(opts.resume)
-    lora = LoRAConfig.from_dict(config.pop("lora")) if "lora" in config else None
-    margs = model_args_for(config, sat_args)
-    margs.skip_init = True
-    dtype = torch.bfloat16 if margs.bf16 else torch.half if margs.fp16 else torch.float
-    model = CogVLMModel(margs, params_dtype=dtype)
-    if lora is not None:
-        add_lora(model, lora)
-    iteration = int(read_latest(opts.resume))
-    state = load_state_dict(opts.resume, iteration)
-    check_keys({k: v.shape for k, v in model.state_dict().items()}, state, f"{opts.resume}/{iteration}")
-    model.load_state_dict(state, strict=False)
-    return model.to(dtype), margs, lora, iteration
+    dtype = torch.bfloat16 if sat_args.bf16 else torch.half if sat_args.fp16 else torch.float
+    return load_training_checkpoint(opts.resume, sat_args, dtype)
 
 
 def held_out_accuracy(model, tokenizer, opts, template: str, image_size, out_path=None) -> Optional[dict]:
@@ -110,16 +83,11 @@ def held_out_accuracy(model, tokenizer, opts, template: str, image_size, out_pat
     except ImportError as e:
         log(f"[eval] generation accuracy unavailable ({e}); reporting validation loss only")
         return None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return evaluate(model, tokenizer, opts.eval_data, template=template, mode="greedy",
-                            batch_size=opts.accuracy_batch_size, limit=opts.accuracy_limit,
-                            max_new_tokens=opts.accuracy_max_new_tokens, image_size=image_size,
-                            out_path=out_path, progress=False)
-    finally:
-        model.train(was_training)
+    # evaluate() runs in eval mode without gradients and restores the model's mode after.
+    return evaluate(model, tokenizer, opts.eval_data, template=template, mode="greedy",
+                    batch_size=opts.accuracy_batch_size, limit=opts.accuracy_limit,
+                    max_new_tokens=opts.accuracy_max_new_tokens, image_size=image_size,
+                    out_path=out_path, progress=False)
 
 
 class Run:

@@ -18,29 +18,19 @@ if __package__ in (None, ""):
 
 import torch
 
-from finetune.lora import LoRAConfig, add_lora, merge_lora
+from finetune.checkpoint import load_training_checkpoint
+from finetune.lora import merge_lora
 
 
 def load_lora_checkpoint(path, iteration=None):
     """(model with adapters attached and loaded, iteration) from a LoRA training checkpoint, on CPU."""
-    from models.checkpoint import CheckpointError, check_keys, load_state_dict, read_latest
-    from models.cogvlm import CogVLMModel
+    from models.checkpoint import CheckpointError
     from models.config import load_model_config
-    config = load_model_config(str(path))
-    if "lora" not in config:
+    if "lora" not in load_model_config(str(path)):
         raise CheckpointError(f"{path}/model_config.json has no 'lora' entry: not a LoRA training checkpoint "
                               f"(it already loads with CogVLMModel.from_pretrained)")
-    lora = LoRAConfig.from_dict(config.pop("lora"))
-    iteration = int(read_latest(path)) if iteration is None else int(iteration)
-    state = load_state_dict(path, iteration)
-    dtype = next(v.dtype for v in state.values() if v.is_floating_point())
-    args = CogVLMModel.get_args(**config)
-    args.skip_init = True
-    model = CogVLMModel(args, params_dtype=dtype)
-    add_lora(model, lora)
-    check_keys({k: v.shape for k, v in model.state_dict().items()}, state, f"{path}/{iteration}")
-    model.load_state_dict(state, strict=False)
-    return model.to(dtype).eval(), iteration
+    model, _, _, iteration = load_training_checkpoint(path, iteration=iteration)
+    return model.eval(), iteration
 
 
 def merge_checkpoint(path, out: Optional[Path] = None, iteration=None) -> Path:

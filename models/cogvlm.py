@@ -69,13 +69,13 @@ class CogVLMModel(BaseModel):
         it leaves attention almost uniform and the image unseen for hundreds of steps. Checkpoints
         overwrite all of this, so it only matters for training from random weights.
         """
-        towers = {"mixins.eva.vit_model.": len(self.mixins["eva"].vit_model.transformer.layers)}
+        vit_layers = len(self.mixins["eva"].vit_model.transformer.layers)
         lm_layers = len(self.transformer.layers)
         with torch.no_grad():
             for name, p in self.named_parameters():
                 if p.dim() != 2 or "embeddings" in name:
                     continue
-                layers = next((n for prefix, n in towers.items() if name.startswith(prefix)), lm_layers)
+                layers = vit_layers if name.startswith("mixins.eva.vit_model.") else lm_layers
                 std = p.shape[1] ** -0.5
                 if name.endswith(_RESIDUAL_OUTPUTS) or any(k in name for k in _EXPERT_RESIDUAL_OUTPUTS):
                     std /= (2 * layers) ** 0.5
@@ -132,7 +132,7 @@ class CogVLMModel(BaseModel):
         return self.mixins["eva"].encode_images(image=vision_image, **vision_kwargs)
 
 
-def _build_args(model_config: dict, args=None, overrides: Optional[dict] = None):
+def build_model_args(model_config: dict, args=None, overrides: Optional[dict] = None):
     """SAT Namespace for `model_config`; architecture keys come from the config, run-time keys
     (dtype, device, mode, ...) from `args` when given."""
     built = CogVLMModel.get_args(**model_config)
@@ -164,7 +164,7 @@ def from_pretrained(path_or_preset: str, args=None, overrides: Optional[dict] = 
                     f"{name} is not on this machine. Download {OFFICIAL_ARCHIVES[name]} (the official SAT "
                     f"checkpoint), unzip it to {home} (or anywhere) and pass that directory.")
             else:
-                model_args = _build_args(PRESETS[name].to_dict(), args, overrides)
+                model_args = build_model_args(PRESETS[name].to_dict(), args, overrides)
                 return _place(CogVLMModel(model_args), model_args), model_args
         else:
             raise FileNotFoundError(f"{name}: neither a checkpoint directory nor a preset "
@@ -173,7 +173,7 @@ def from_pretrained(path_or_preset: str, args=None, overrides: Optional[dict] = 
     if model_config.get("model_class", "CogVLMModel") != "CogVLMModel":
         raise CheckpointError(f"{path / 'model_config.json'}: model_class is {model_config['model_class']!r}, "
                               "expected 'CogVLMModel'")
-    model_args = _build_args(model_config, args, overrides)
+    model_args = build_model_args(model_config, args, overrides)
     state = load_state_dict(path, iteration)
     with torch.device("meta"):
         model = CogVLMModel(model_args)
