@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from finetune import arguments
+from models.sat_compat import free_port
 
 ENTRY = Path(__file__).resolve().parent / "finetune.py"
 LAUNCH_ONLY = ("num_gpus", "num_nodes", "hostfile", "master_addr", "master_port",
@@ -61,12 +61,6 @@ def finetune_argv(opts, passthrough: Sequence[str]) -> List[str]:
     return argv + list(passthrough)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launcher_argv(opts, cuda: bool) -> List[str]:
     argv = [sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
     if opts.hostfile:
@@ -81,8 +75,18 @@ def launcher_argv(opts, cuda: bool) -> List[str]:
         argv += ["--num_gpus", "1"]  # one CPU process unless asked for more
     if opts.master_addr:
         argv += ["--master_addr", opts.master_addr]
-    argv += ["--master_port", str(opts.master_port or (29500 if opts.hostfile else _free_port()))]
+    argv += ["--master_port", str(opts.master_port or (29500 if opts.hostfile else free_port()))]
     return argv
+
+
+def _checked(opts, cuda: bool) -> bool:
+    """`arguments.check`, printing every problem found; False when the run cannot start."""
+    try:
+        arguments.check(opts, cuda, launcher=True)
+    except arguments.ConfigError as e:
+        print(f"finetune: cannot start:\n{e}", file=sys.stderr)
+        return False
+    return True
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -94,20 +98,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cuda = cuda_available()
     if opts.num_gpus is not None and opts.num_gpus > 1 and not cuda and opts.deepspeed_config in (None, "cpu"):
         print(f"[run] {opts.num_gpus} CPU processes (data parallel over gloo)", flush=True)
-    try:
-        arguments.check(opts, cuda, launcher=True)  # everything but the data, before generating any
-    except arguments.ConfigError as e:
-        print(f"finetune: cannot start:\n{e}", file=sys.stderr)
+    if not _checked(opts, cuda):  # everything but the data, before generating any
         return 2
     if not opts.train_data:
         data = synthetic_data(opts)
         opts.train_data = [str(data / "train.jsonl")]
         opts.valid_data = opts.valid_data or [str(data / "test.jsonl")]
         opts.eval_data = opts.eval_data or str(data / "test.tsv")
-    try:
-        arguments.check(opts, cuda, launcher=True)
-    except arguments.ConfigError as e:
-        print(f"finetune: cannot start:\n{e}", file=sys.stderr)
+    if not _checked(opts, cuda):
         return 2
     cmd = launcher_argv(opts, cuda) + [str(ENTRY)] + finetune_argv(opts, passthrough)
     print("[run] " + " ".join(shlex.quote(c) for c in cmd), flush=True)

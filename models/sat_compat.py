@@ -40,10 +40,11 @@ def apply() -> None:
     _applied = True
 
 
-def _free_port() -> str:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
+        return s.getsockname()[1]
 
 
 def init_distributed(backend: str = "gloo") -> None:
@@ -59,7 +60,7 @@ def init_distributed(backend: str = "gloo") -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", _free_port())
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 
