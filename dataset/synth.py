@@ -467,11 +467,11 @@ def _item_chart(rng: random.Random, canvas: _Canvas, order: str):
     which = rng.choice(("tallest", "shortest"))
     ranked = sorted(bars, key=lambda b: -b["height"])
     pick = ranked[0] if which == "tallest" else ranked[-1]
-    absent = [c for c in COLORS if c not in colors]
-    rng.shuffle(absent)
-    if order == "fixed":  # the bars left to right, then the colors not drawn, in palette order
-        options, letter = _options(rng, pick["color"], colors + [c for c in COLORS if c not in colors], order)
+    absent = [c for c in COLORS if c not in colors]  # palette order
+    if order == "fixed":  # the bars left to right, then the colors not drawn
+        options, letter = _options(rng, pick["color"], colors + absent, order)
     else:
+        rng.shuffle(absent)
         distractors = [c for c in colors + absent if c != pick["color"]][:3]  # the other bars first
         options, letter = _options(rng, pick["color"], distractors, order)
     text = four_stage(
@@ -505,8 +505,7 @@ def make_item(rng: Union[random.Random, int], category: str, image_size: int = D
     """
     if category not in _MAKERS:
         raise ValueError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
-    if option_order not in OPTION_ORDERS:
-        raise ValueError(f"unknown option order {option_order!r}; choose from {', '.join(OPTION_ORDERS)}")
+    _check_option_order(option_order)
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     canvas = _Canvas(int(image_size))
@@ -548,6 +547,11 @@ def _record(item_id: str, image_rel: str, item: Item) -> Dict[str, Any]:
 TSV_COLUMNS = ("index", "image", "question", "A", "B", "C", "D", "answer", "category")
 
 
+def _check_option_order(order: str) -> None:
+    if order not in OPTION_ORDERS:
+        raise ValueError(f"unknown option order {order!r}; choose from {', '.join(OPTION_ORDERS)}")
+
+
 def _check_categories(categories: Optional[Sequence[str]]) -> List[str]:
     if categories is None:
         return list(CATEGORIES)
@@ -575,8 +579,7 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
     if n_test < 0:
         raise ValueError(f"n_test must be >= 0, got {n_test}")
     cats = _check_categories(categories)
-    if option_order not in OPTION_ORDERS:
-        raise ValueError(f"unknown option order {option_order!r}; choose from {', '.join(OPTION_ORDERS)}")
+    _check_option_order(option_order)  # before any file is written
     out = Path(out_dir)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)

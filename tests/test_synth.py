@@ -258,8 +258,8 @@ def test_fixed_options_follow_the_chart_bars():
         item = make_item(item_rng(5, "test", i), "chart", 56, "fixed")
         bars = [b["color"] for b in item.scene["bars"]]
         assert item.options[:len(bars)] == bars
-        with pytest.raises(ValueError, match="option order"):
-            make_item(0, "chart", 56, "sorted")
+    with pytest.raises(ValueError, match="option order"):
+        make_item(0, "chart", 56, "sorted")
 
 
 def test_make_item_accepts_int_seed_and_other_sizes():
