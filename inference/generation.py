@@ -173,7 +173,7 @@ class PackedRowCache:
         per_position = k.shape[1] * k.shape[3] * k.element_size() * 2 * len(self.buffers)
         return self.seq_len * per_position
 
-    def _buffer(self, layer_id: int, k: torch.Tensor):
+    def _buffer(self, layer_id: int):
         if layer_id not in self.buffers:
             kp, vp = self.prefix.keys[layer_id], self.prefix.values[layer_id]  # [1, h, P, d]
             shape = (1, kp.shape[1], self.prefix_len + self.num_rows * self.capacity, kp.shape[3])
@@ -200,7 +200,7 @@ class PackedRowCache:
         step = self.filled.get(layer_id, 0)
         if step >= self.capacity:
             raise ValueError(f"PackedRowCache is full ({self.capacity} steps)")
-        bk, bv = self._buffer(layer_id, k)
+        bk, bv = self._buffer(layer_id)
         slots = self.prefix_len + step * self.num_rows + self.row_ids.to(k.device)
         bk[0, :, slots] = k[:, :, 0].transpose(0, 1)  # [h, n_active, d]
         bv[0, :, slots] = v[:, :, 0].transpose(0, 1)
