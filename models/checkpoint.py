@@ -1,5 +1,8 @@
 """Checkpoints in the official SAT layout: `model_config.json`, `latest` (the iteration, or `release`),
-and `<iteration>/mp_rank_00_model_states.pt` holding `{"module": state_dict}`."""
+and `<iteration>/mp_rank_00_model_states.pt` holding `{"module": state_dict}`.
+
+With save format "safetensors" the weights go to `<iteration>/mp_rank_00_model_states.safetensors`
+instead (weights only, nothing pickled); loading prefers that file when an iteration has both."""
 import json
 import os
 from pathlib import Path
@@ -10,6 +13,8 @@ import torch
 # Buffers a checkpoint may omit: they are recomputed from the configuration.
 OPTIONAL_KEYS = ("mixins.rotary.rotary_emb.inv_freq",)
 STATE_FILE = "mp_rank_00_model_states.pt"
+SAFETENSORS_FILE = "mp_rank_00_model_states.safetensors"
+SAVE_FORMATS = ("pt", "safetensors")
 
 
 class CheckpointError(ValueError):
@@ -29,6 +34,8 @@ def read_latest(path: Union[str, os.PathLike]) -> str:
 def state_file(path: Union[str, os.PathLike], iteration: Optional[Union[int, str]] = None) -> Path:
     iteration = read_latest(path) if iteration is None else str(iteration)
     f = Path(path) / iteration / STATE_FILE
+    if (f.parent / SAFETENSORS_FILE).is_file():
+        return f.parent / SAFETENSORS_FILE
     if not f.is_file():
         raise CheckpointError(f"{f}: missing (named by {Path(path) / 'latest'})")
     return f
@@ -36,6 +43,12 @@ def state_file(path: Union[str, os.PathLike], iteration: Optional[Union[int, str
 
 def load_state_dict(path: Union[str, os.PathLike], iteration=None) -> Dict[str, torch.Tensor]:
     f = state_file(path, iteration)
+    if f.suffix == ".safetensors":
+        from .safetensors_io import SafetensorsError, load_weights
+        try:
+            return load_weights(f)
+        except SafetensorsError as e:
+            raise CheckpointError(str(e)) from None
     try:
         sd = torch.load(f, map_location="cpu", mmap=True, weights_only=False)
     except Exception as e:  # torch raises many types for a damaged file
@@ -70,13 +83,37 @@ def check_keys(expected: Dict[str, torch.Size], found: Dict[str, torch.Tensor], 
 
 
 def save_checkpoint(model: torch.nn.Module, path: Union[str, os.PathLike], model_config: dict,
-                    iteration: Union[int, str] = 1, extra: Optional[dict] = None) -> Path:
-    """Write model_config.json, latest and <iteration>/mp_rank_00_model_states.pt (weights on CPU)."""
-    path = Path(path)
-    (path / str(iteration)).mkdir(parents=True, exist_ok=True)
+                    iteration: Union[int, str] = 1, extra: Optional[dict] = None, save_format: str = "pt") -> Path:
+    """Write model_config.json, latest and the <iteration> weights file (weights on CPU)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"module": state, "iteration": iteration, **(extra or {})}
-    torch.save(payload, path / str(iteration) / STATE_FILE)
+    return write_checkpoint_files(state, path, model_config, iteration, extra, save_format)
+
+
+def write_weights_file(state: Dict[str, torch.Tensor], iteration_dir: Union[str, os.PathLike],
+                       save_format: str = "pt", extra: Optional[dict] = None) -> Path:
+    """The weights of one iteration: `{"module": state, **extra}` pickled by torch (the official .pt), or
+    the tensors alone in safetensors (`extra` must then be empty: safetensors holds tensors only)."""
+    if save_format not in SAVE_FORMATS:
+        raise ValueError(f"save format {save_format!r}: choose from {', '.join(SAVE_FORMATS)}")
+    iteration_dir = Path(iteration_dir)
+    iteration_dir.mkdir(parents=True, exist_ok=True)
+    if save_format == "safetensors":
+        if extra:
+            raise ValueError(f"safetensors holds tensors only; {', '.join(extra)} would be lost (use the pt format)")
+        from .safetensors_io import save_weights
+        return save_weights(state, iteration_dir / SAFETENSORS_FILE)
+    (iteration_dir / SAFETENSORS_FILE).unlink(missing_ok=True)  # else an older one would shadow the new weights
+    torch.save({"module": state, **(extra or {})}, iteration_dir / STATE_FILE)
+    return iteration_dir / STATE_FILE
+
+
+def write_checkpoint_files(state: Dict[str, torch.Tensor], path: Union[str, os.PathLike], model_config: dict,
+                           iteration: Union[int, str] = 1, extra: Optional[dict] = None,
+                           save_format: str = "pt") -> Path:
+    """A SAT checkpoint directory from a state dict: model_config.json, latest, <iteration>/weights."""
+    path = Path(path)
+    payload = {"iteration": iteration, **(extra or {})} if save_format == "pt" else extra
+    write_weights_file(state, path / str(iteration), save_format, payload)
     (path / "model_config.json").write_text(json.dumps(model_config, indent=2) + "\n")
     (path / "latest").write_text(f"{iteration}\n")
     return path

@@ -15,6 +15,7 @@ from .attention import is_causal_mask
 from .checkpoint import CheckpointError, check_keys, load_state_dict, save_checkpoint, state_file
 from .config import OFFICIAL_ARCHIVES, PRESETS, load_model_config
 from .eva import ImageMixin
+from .hf_config import is_hf_dir
 from .sat_build import build_transformer
 from .vision_expert import VisionExpertAttentionMixin, VisionExpertMLPMixin
 
@@ -123,9 +124,11 @@ class CogVLMModel(BaseModel):
         config["model_class"] = "CogVLMModel"
         return config
 
-    def save_pretrained(self, path, iteration=1, extra=None):
-        """Write this model in the official SAT layout (loadable by `from_pretrained`)."""
-        return save_checkpoint(self, path, self.model_config(), iteration=iteration, extra=extra)
+    def save_pretrained(self, path, iteration=1, extra=None, save_format: str = "pt"):
+        """Write this model in the official SAT layout (loadable by `from_pretrained`); save_format
+        "safetensors" writes the weights without pickle. For the Hugging Face layout see models.convert."""
+        return save_checkpoint(self, path, self.model_config(), iteration=iteration, extra=extra,
+                               save_format=save_format)
 
     def encode_images(self, vision_image, **vision_kwargs) -> torch.Tensor:
         """[n_img, 3, H, W] -> projected image tokens [n_img, image_length, hidden] (pass as image_embeds=)."""
@@ -147,7 +150,8 @@ def build_model_args(model_config: dict, args=None, overrides: Optional[dict] = 
 
 def from_pretrained(path_or_preset: str, args=None, overrides: Optional[dict] = None,
                     iteration=None) -> Tuple["CogVLMModel", object]:
-    """Load a checkpoint directory in the official layout, or build a preset; returns (model, args).
+    """Load a checkpoint directory in the official SAT layout or the Hugging Face (`cogvlm-*-hf`) layout,
+    or build a preset; returns (model, args). HF weights are renamed in memory and read lazily.
 
     `cogvlm-tiny` builds with random weights. The 17B presets must be downloaded first (nothing is
     fetched here): unzip the official archive and pass its directory, or put it under $SAT_HOME.
@@ -169,21 +173,43 @@ def from_pretrained(path_or_preset: str, args=None, overrides: Optional[dict] = 
         else:
             raise FileNotFoundError(f"{name}: neither a checkpoint directory nor a preset "
                                     f"({', '.join(PRESETS)})")
+    if is_hf_dir(path):
+        return _from_hf_dir(path, args, overrides)
     model_config = load_model_config(str(path))
     if model_config.get("model_class", "CogVLMModel") != "CogVLMModel":
         raise CheckpointError(f"{path / 'model_config.json'}: model_class is {model_config['model_class']!r}, "
                               "expected 'CogVLMModel'")
     model_args = build_model_args(model_config, args, overrides)
     state = load_state_dict(path, iteration)
+    return _assign(model_args, state, f"{state_file(path, iteration)}"), model_args
+
+
+def _from_hf_dir(path: Path, args, overrides) -> Tuple["CogVLMModel", object]:
+    """(model, args) from a Hugging Face directory: its weights renamed to ours as they are read (no
+    second copy on disk, one in memory: the tensors stay memory-mapped unless cast to the run's dtype)."""
+    from .convert import load_hf_state
+    from .hf_config import read_hf_config, sat_config_from_hf
+    model_config = sat_config_from_hf(read_hf_config(path), str(path / "config.json"))
+    model_args = build_model_args(model_config, args, overrides)
+    state = load_hf_state(path, model_config, dtype=run_dtype(model_args))
+    return _assign(model_args, state, str(path)), model_args
+
+
+def run_dtype(args) -> torch.dtype:
+    """The parameter dtype SAT's `bf16` / `fp16` flags ask for (float32 otherwise)."""
+    return torch.bfloat16 if getattr(args, "bf16", False) else torch.half if getattr(args, "fp16", False) else torch.float
+
+
+def _assign(model_args, state, source: str) -> "CogVLMModel":
+    """A model built on meta whose tensors become `state`'s (checked by name and shape first)."""
     with torch.device("meta"):
         model = CogVLMModel(model_args)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    check_keys(expected, state, f"{state_file(path, iteration)}")
+    check_keys({k: v.shape for k, v in model.state_dict().items()}, state, source)
     model.load_state_dict(state, strict=False, assign=True)
     rotary = model.mixins["rotary"].rotary_emb
     if rotary.inv_freq.is_meta:
         rotary.inv_freq = rotary.compute_inv_freq()
-    return _place(model, model_args), model_args
+    return _place(model, model_args)
 
 
 def _place(model: "CogVLMModel", args) -> "CogVLMModel":
