@@ -75,7 +75,8 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
                "--lr-decay-ratio 0.1.")
     g = p.add_argument_group("model")
     p.add(g, "--from-pretrained", default=DEFAULTS["model"], metavar="PRESET|DIR",
-          help="preset (cogvlm-tiny, cogvlm-chat-v1.1, cogvlm-base-490, cogvlm-base-224) or checkpoint directory")
+          help="preset (cogvlm-tiny, cogvlm-chat-v1.1, cogvlm-base-490, cogvlm-base-224) or a checkpoint "
+               "directory, SAT or Hugging Face (cogvlm-*-hf) layout")
     p.add(g, "--tokenizer", metavar="PATH", help="tokenizer.model (default: the checkpoint's own, or the tiny one)")
 
     g = p.add_argument_group("data")
@@ -129,6 +130,10 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("checkpoints, evaluation, logs")
     p.add(g, "--save", default="checkpoints", metavar="DIR", help="checkpoints go to DIR/<experiment-name>-<MM-DD-HH-MM>")
     p.add(g, "--experiment-name", metavar="NAME", help="default: <model>-<finetune-mode>")
+    p.add(g, "--save-format", default="pt", choices=["pt", "safetensors"],
+          help="safetensors: each saved iteration also holds its weights as mp_rank_00_model_states.safetensors "
+               "(loaded without pickle; the .pt keeps DeepSpeed's resume state), and the merged LoRA model is "
+               "written in safetensors only")
     p.add(g, "--save-interval", type=int, default=0, metavar="N", help="save every N steps (0: only at the end)")
     p.add(g, "--eval-interval", type=int, metavar="N", help="validation loss every N steps (default: 5 times per run)")
     p.add(g, "--accuracy-interval", type=int, default=0, metavar="N",
@@ -222,8 +227,12 @@ def check(opts, cuda: bool, launcher: bool = False) -> dict:
     if src not in PRESETS and not Path(src).is_dir():
         problems.append(f"--from-pretrained {src}: neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
     elif Path(src).is_dir():
-        if not (Path(src) / "model_config.json").is_file():
-            problems.append(f"--from-pretrained {src}: no model_config.json (not a SAT checkpoint directory)")
+        from models.hf_config import is_hf_dir
+        if is_hf_dir(src):
+            pass  # the Hugging Face layout: converted in memory when the model loads
+        elif not (Path(src) / "model_config.json").is_file():
+            problems.append(f"--from-pretrained {src}: neither model_config.json (SAT layout) nor a config.json "
+                            "naming CogVLMForCausalLM (Hugging Face layout)")
         else:
             try:
                 cfg = json.loads((Path(src) / "model_config.json").read_text())

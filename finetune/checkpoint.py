@@ -64,6 +64,13 @@ def write_model_files(model, ckpt_dir, tokenizer_file: Optional[str], lora_confi
         shutil.copyfile(tokenizer_file, ckpt_dir / "tokenizer.model")
 
 
+def write_weights(model_or_state, iteration_dir, save_format: str) -> Path:
+    """The weights of one saved iteration in `save_format` (models.checkpoint.write_weights_file)."""
+    from models.checkpoint import write_weights_file
+    state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
+    return write_weights_file({k: v.detach().cpu() for k, v in state.items()}, iteration_dir, save_format)
+
+
 def _full_state_dict_zero3(engine) -> Optional[dict]:
     """Under ZeRO-3 the engine's module holds partitions: gather the full weights (rank 0 keeps them)."""
     import deepspeed
@@ -75,11 +82,13 @@ def _full_state_dict_zero3(engine) -> Optional[dict]:
 
 
 def save_training_checkpoint(engine, ckpt_dir, iteration: int, trainer_state: dict,
-                             tokenizer_file: Optional[str] = None, lora_config=None) -> Path:
-    """Write iteration `iteration` into `ckpt_dir` (all ranks call this)."""
+                             tokenizer_file: Optional[str] = None, lora_config=None, save_format: str = "pt") -> Path:
+    """Write iteration `iteration` into `ckpt_dir` (all ranks call this); save_format "safetensors" adds
+    the weights as a safetensors file beside DeepSpeed's .pt (which stays: it holds the resume state)."""
     ckpt_dir = Path(ckpt_dir)
     tag = str(iteration)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={TRAINER_STATE_KEY: trainer_state})
+    full = None
     if engine.zero_optimization_partition_weights():
         full = _full_state_dict_zero3(engine)
         if _rank() == 0:  # make the model file official: the full weights under "module"
@@ -87,6 +96,8 @@ def save_training_checkpoint(engine, ckpt_dir, iteration: int, trainer_state: di
             payload = torch.load(f, map_location="cpu", weights_only=False)
             payload["module"] = full
             torch.save(payload, f)
+    if save_format != "pt" and _rank() == 0:
+        write_weights(engine.module if full is None else full, ckpt_dir / tag, save_format)
     torch.save(rng_state(), ckpt_dir / tag / f"rng_state_rank{_rank():03d}.pt")
     if _rank() == 0:
         write_model_files(engine.module, ckpt_dir, tokenizer_file, lora_config)

@@ -185,7 +185,8 @@ class Run:
     def save(self, engine, iteration: int) -> Path:
         t = time.time()
         path = save_training_checkpoint(engine, self.ckpt_dir, iteration, self.state_for(iteration),
-                                        tokenizer_file=self.tokenizer.model_file, lora_config=self.lora)
+                                        tokenizer_file=self.tokenizer.model_file, lora_config=self.lora,
+                                        save_format=self.opts.save_format)
         log(f"[save] iteration {iteration} -> {path} ({time.time() - t:.1f} s)")
         return path
 
@@ -238,7 +239,8 @@ class Run:
         if self.lora is not None:
             if self.rank == 0:
                 from finetune.merge_lora import merge_checkpoint
-                final_dir = merge_checkpoint(self.ckpt_dir, self.ckpt_dir / "merged", iteration=iteration)
+                final_dir = merge_checkpoint(self.ckpt_dir, self.ckpt_dir / "merged", iteration=iteration,
+                                             save_format=o.save_format)
                 log(f"[lora] adapters merged into the base weights -> {final_dir}")
             final_dir = self.ckpt_dir / "merged"
         del engine

@@ -1,9 +1,12 @@
-"""Fold the LoRA adapters of a saved LoRA training checkpoint into the base weights.
+"""Fold the LoRA adapters of a saved LoRA training checkpoint into the base weights, or export them for PEFT.
 
-    python -m finetune.merge_lora CHECKPOINT_DIR [--out DIR] [--iteration N]
+    python -m finetune.merge_lora CHECKPOINT_DIR [--out DIR] [--iteration N] [--save-format pt|safetensors]
+    python -m finetune.merge_lora CHECKPOINT_DIR --export-peft OUT_DIR [--dtype bf16|fp16|fp32]
 
-writes a plain CogVLM checkpoint in the official SAT layout (default: CHECKPOINT_DIR/merged) that
-`CogVLMModel.from_pretrained` and `python -m inference.cli_demo --from_pretrained DIR` load directly.
+The first writes a plain CogVLM checkpoint in the official SAT layout (default: CHECKPOINT_DIR/merged)
+that `CogVLMModel.from_pretrained` and `python -m inference.cli_demo --from_pretrained DIR` load directly.
+The second writes the base model in the Hugging Face layout and the adapters, unmerged, as a PEFT adapter
+in the same directory (`peft.PeftModel.from_pretrained(hf_model, OUT_DIR)`); see finetune/peft_export.py.
 """
 from __future__ import annotations
 
@@ -33,17 +36,24 @@ def load_lora_checkpoint(path, iteration=None):
     return model.eval(), iteration
 
 
-def merge_checkpoint(path, out: Optional[Path] = None, iteration=None) -> Path:
+def merge_checkpoint(path, out: Optional[Path] = None, iteration=None, save_format: str = "pt") -> Path:
     """Merge and save; returns the output directory."""
     path = Path(path)
     out = Path(out) if out is not None else path / "merged"
     model, iteration = load_lora_checkpoint(path, iteration)
     with torch.no_grad():
         merge_lora(model)
-    model.save_pretrained(out, iteration=iteration)
+    model.save_pretrained(out, iteration=iteration, save_format=save_format)
     if (path / "tokenizer.model").is_file():
         shutil.copyfile(path / "tokenizer.model", out / "tokenizer.model")
     return out
+
+
+def export_peft_checkpoint(path, out, iteration=None, dtype: Optional[str] = None) -> Path:
+    """The base model in the HF layout plus the unmerged adapters as a PEFT adapter, in `out`."""
+    from finetune.peft_export import export_peft
+    model, _ = load_lora_checkpoint(path, iteration)
+    return export_peft(model, model.mixins["lora"].config, out, tokenizer_dir=path, dtype=dtype)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -52,14 +62,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("checkpoint", help="a LoRA training checkpoint directory (model_config.json has 'lora')")
     p.add_argument("--out", default=None, help="output directory (default: CHECKPOINT/merged)")
     p.add_argument("--iteration", type=int, default=None, help="which saved iteration (default: latest)")
+    p.add_argument("--save-format", choices=["pt", "safetensors"], default="pt",
+                   help="merged weights as the official .pt or as safetensors (no pickle)")
+    p.add_argument("--export-peft", metavar="OUT_DIR", default=None,
+                   help="instead of merging: HF-layout base model + PEFT adapter (adapter_config.json, "
+                        "adapter_model.safetensors) in OUT_DIR")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                   help="--export-peft: dtype of the base weights (default: as saved)")
     a = p.parse_args(argv)
     from models.checkpoint import CheckpointError
     try:
-        out = merge_checkpoint(a.checkpoint, a.out, a.iteration)
+        if a.export_peft:
+            out = export_peft_checkpoint(a.checkpoint, a.export_peft, a.iteration, a.dtype)
+        else:
+            out = merge_checkpoint(a.checkpoint, a.out, a.iteration, a.save_format)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"merge_lora: {e}", file=sys.stderr)
         return 2
-    print(f"merged checkpoint: {out}\nchat with it:  python -m inference.cli_demo --from_pretrained {out}")
+    if a.export_peft:
+        print(f"PEFT adapter + Hugging Face base model: {out}\nload it:  peft.PeftModel.from_pretrained("
+              f"AutoModelForCausalLM.from_pretrained('{out}', trust_remote_code=True), '{out}')")
+    else:
+        print(f"merged checkpoint: {out}\nchat with it:  python -m inference.cli_demo --from_pretrained {out}")
     return 0
 
 

@@ -82,3 +82,22 @@ def write_records(tmp_path):
         (tmp_path / name).write_text(text)
         return tmp_path / name
     return write
+
+
+@pytest.fixture
+def lora_checkpoint(tiny_model, tiny_tokenizer, tmp_path):
+    """A LoRA training checkpoint of the tiny model (adapters on every part, B randomised so they matter):
+    returns (checkpoint dir, the model with its adapters attached)."""
+    from finetune.checkpoint import write_model_files
+    from finetune.lora import LoRAConfig, add_lora
+    from models.checkpoint import save_checkpoint
+    config = LoRAConfig(rank=2, alpha=4, targets=("all",))
+    mixin = add_lora(tiny_model, config)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for a in mixin.adapters.values():
+            a.B.copy_(torch.randn(a.B.shape, generator=g) * 0.05)
+    ckpt = tmp_path / "lora-run"
+    save_checkpoint(tiny_model, ckpt, {}, iteration=5)
+    write_model_files(tiny_model, ckpt, tiny_tokenizer.model_file, lora_config=config)
+    return ckpt, tiny_model
