@@ -14,6 +14,7 @@ setup(
         "SwissArmyTransformer==0.4.12",
         "pillow>=9",
         "sentencepiece>=0.1.99",
+        "safetensors>=0.4",
         "numpy",
         "tqdm",
         "matplotlib",
@@ -23,7 +24,12 @@ setup(
         "triton",
         "wandb",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        # only for the opt-in tests against the Hugging Face CogVLM code (tests/test_hf_equivalence.py):
+        # that remote code runs on transformers 4.x, not 5.x
+        "hf": ["transformers>=4.36,<5", "peft>=0.10"],
+    },
     entry_points={
         "console_scripts": [
             "cogcot-chat=inference.cli_demo:main",

@@ -101,3 +101,12 @@ def lora_checkpoint(tiny_model, tiny_tokenizer, tmp_path):
     save_checkpoint(tiny_model, ckpt, {}, iteration=5)
     write_model_files(tiny_model, ckpt, tiny_tokenizer.model_file, lora_config=config)
     return ckpt, tiny_model
+
+
+@pytest.fixture
+def sat_dir(tmp_path, tiny_model, tiny_tokenizer):
+    """The random tiny model saved in the SAT layout, with its tokenizer."""
+    import shutil
+    out = tiny_model.save_pretrained(tmp_path / "sat")
+    shutil.copyfile(tiny_tokenizer.model_file, out / "tokenizer.model")
+    return out
