@@ -39,6 +39,10 @@ class SampleTooLong(DatasetError):
     """The sample cannot fit `max_length` without cutting an image span or every trained token."""
 
 
+class SampleDropped(SampleTooLong):
+    """The sample is longer than `max_length` and `truncation="drop"` skips such samples (counted, not a problem)."""
+
+
 @dataclass(frozen=True)
 class Turn:
     role: str  # user | assistant | system
@@ -69,13 +73,36 @@ def iter_json_objects(path: str) -> Iterator[Tuple[int, Union[object, Problem]]]
     if text[start:start + 1] == "[":
         yield from _iter_array(path, text, start + 1)
         return
+    first = True
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
+            if first and line.strip().startswith("{"):
+                whole = _one_spread_object(path, text, lineno, line)
+                if whole is not None:
+                    yield lineno, whole
+                    return
             yield lineno, Problem(path, lineno, None, f"bad JSON line: {e.msg} (column {e.colno})")
+        first = False
+
+
+def _one_spread_object(path: str, text: str, lineno: int, line: str) -> Optional[Problem]:
+    """A Problem naming a pretty-printed single JSON object (the first line is not a whole object but the
+    file is one, or starts like one), else None (then it is JSONL with a bad first line)."""
+    expected = "expected a JSON array or one object per line (JSONL)"
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as e:
+        if line.strip() == "{":
+            return Problem(path, lineno, None, f"the file looks like one pretty-printed JSON object, and it does "
+                                               f"not parse ({e.msg} at line {e.lineno}); {expected}")
+        return None
+    if isinstance(whole, dict):
+        return Problem(path, lineno, None, f"the file is a single JSON object spread over several lines; {expected}")
+    return None
 
 
 def _iter_array(path: str, text: str, pos: int) -> Iterator[Tuple[int, Union[object, Problem]]]:
@@ -195,12 +222,27 @@ def _check_turns(turns: List[Turn], n_images: int, fail) -> None:
         raise fail(f"{markers} <image> marker(s) but {n_images} image(s)")
 
 
-def _resolve_image(path: str, image_root: str, fail) -> str:
-    """Join to the image root and refuse paths that leave it; checks existence (no decoding)."""
+def resolve_under_root(path: str, image_root: str) -> str:
+    """`path` joined to `image_root`; ValueError when it leaves the root by `../`, an absolute path or a
+    symlink (real paths are compared), is a directory, or does not exist. Returns the joined path."""
     root = os.path.normpath(os.path.abspath(image_root))
     full = os.path.normpath(os.path.join(root, path))
     if os.path.commonpath([root, full]) != root:
-        raise fail(f"image path {path!r} leaves the image root {root}")
+        raise ValueError(f"image path {path!r} leaves the image root {root}")
+    real_root, real = os.path.realpath(root), os.path.realpath(full)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ValueError(f"image path {path!r} leaves the image root {root} through a symlink "
+                         f"(it resolves to {real})")
+    if os.path.isdir(full):
+        raise ValueError(f"image path {path!r} is a directory, not an image file ({full})")
     if not os.path.isfile(full):
-        raise fail(f"missing image {full}")
+        raise ValueError(f"missing image {full}")
     return full
+
+
+def _resolve_image(path: str, image_root: str, fail) -> str:
+    """Join to the image root and refuse paths that leave it; checks existence (no decoding)."""
+    try:
+        return resolve_under_root(path, image_root)
+    except ValueError as e:
+        raise fail(str(e)) from None

@@ -152,3 +152,55 @@ def test_dataloader_with_two_workers(tiny_tokenizer, write_records):
         assert batch["attention_mask"].shape == (b, 1, n, n)
         seen += batch["question_id"]
     assert seen == [f"r{i}" for i in range(14)]
+
+
+def test_symlink_out_of_the_image_root_is_refused_like_dotdot(tiny_tokenizer, write_records, tmp_path):
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "secret.png")
+    (tmp_path / "link.png").symlink_to(outside / "secret.png")  # a file link leaving the root
+    (tmp_path / "linkdir").symlink_to(outside, target_is_directory=True)  # a folder link leaving it
+    (tmp_path / "inside.png").symlink_to(tmp_path / "a.png")  # a link that stays inside is fine
+    path = write_records([conv("r1", image="link.png"), conv("r2", image="linkdir/secret.png"),
+                          conv("r3", image="inside.png")], images=("a.png",))
+    ds = make(tiny_tokenizer, path)
+    assert [r.id for r in ds.data] == ["r3"]
+    assert [p.line for p in ds.problems] == [1, 2]
+    assert all("leaves the image root" in p.reason and "symlink" in p.reason for p in ds.problems)
+
+
+def test_truncated_and_dropped_samples_are_counted(tiny_tokenizer, write_records):
+    path = write_records([conv("short"), conv("long", answer="two " * 60), conv("short2")], images=("a.png",))
+    cut = make(tiny_tokenizer, path, max_length=40)
+    assert len(cut) == 3 and cut.num_truncated == 1 and cut.num_dropped == 0 and not cut.problems
+    assert "3 samples of 3 records read, 1 truncated to max_length 40" in cut.summary()
+    tp = TextProcessor(tiny_tokenizer, max_length=40, image_length=L, truncation="drop")
+    for strict in (False, True):  # a chosen drop is not a problem, even in strict mode
+        drop = ItemDataset(ImageProcessor(PX), tp, None, str(path), strict=strict)
+        assert [r.id for r in drop.data] == ["short", "short2"] and drop.num_dropped == 1 and not drop.problems
+    assert "1 longer than max_length dropped (truncation drop)" in drop.summary()
+    assert drop[1]["question_id"] == "short2"
+
+
+def test_inputs_that_are_not_what_they_seem(tiny_tokenizer, write_records, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DatasetError, match=f"no samples in {empty}: the file is empty"):
+        make(tiny_tokenizer, empty)
+    blank_array = write_records([], name="none.json", as_array=True)
+    with pytest.raises(DatasetError, match="no samples in .*none.json: it holds no records"):
+        make(tiny_tokenizer, blank_array)
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps(conv("r1"), indent=2))
+    ds = make(tiny_tokenizer, pretty, allow_empty=True)
+    assert len(ds.problems) == 1 and ds.problems[0].line == 1
+    assert "single JSON object spread over several lines; expected a JSON array or one object per line" in \
+        ds.problems[0].reason
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(conv("r1"), indent=2)[:-3])  # pretty-printed and cut short
+    ds = make(tiny_tokenizer, broken, allow_empty=True)
+    assert len(ds.problems) == 1 and "looks like one pretty-printed JSON object" in ds.problems[0].reason
+    (tmp_path / "adir.png").mkdir()
+    path = write_records([conv("r1", image="adir.png"), conv("r2")], images=("a.png",))
+    ds = make(tiny_tokenizer, path)
+    assert [r.id for r in ds.data] == ["r2"] and "is a directory, not an image file" in ds.problems[0].reason
