@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .image_processor import DEFAULT_MAX_PIXELS, load_image, vision_inputs
-from .records import DatasetError, Problem, Record, iter_json_objects, parse_record
+from .records import DatasetError, Problem, Record, SampleDropped, iter_json_objects, parse_record
 
 logger = logging.getLogger("cogcot.dataset")
 
@@ -42,12 +42,11 @@ class ItemDataset(Dataset):
         self.problems: List[Problem] = []
         self.num_read = 0  # records seen by load_data (kept + skipped)
         self.num_truncated = 0  # kept samples whose text is cut to max_length
+        self.num_dropped = 0  # samples longer than max_length skipped by truncation="drop"
         self.data = self.load_data(data_path)
         self._summarise(data_path)
         if not self.data and not allow_empty:
-            first = f"; first problem: {self.problems[0]}" if self.problems else ""
-            raise DatasetError(Problem(str(data_path), None, None,
-                                       f"no usable samples ({len(self.problems)} problem(s)){first}"))
+            raise NoSamples(data_path, self.num_read, self.num_dropped, self.problems)
 
     # -- loading ---------------------------------------------------------------------------------
     def load_data(self, data_path: Union[str, Sequence[str]]) -> list:
@@ -58,6 +57,7 @@ class ItemDataset(Dataset):
             if not os.path.isfile(path):  # a wrong path is never a record to skip
                 raise DatasetError(Problem(path, None, None, "data file not found"))
             root = self.image_root if self.image_root is not None else os.path.dirname(os.path.abspath(path))
+            read_before = self.num_read
             for line, obj in iter_json_objects(path):
                 self.num_read += 1
                 if isinstance(obj, Problem):
@@ -65,19 +65,27 @@ class ItemDataset(Dataset):
                     continue
                 try:
                     record = parse_record(obj, path, line, root)
-                    if self.check_length:
-                        self._check_length(record)
+                    if self.check_length and not self._check_length(record):
+                        continue
                 except DatasetError as e:
                     self.report(e.problem)
                     continue
                 records.append(record)
+            if self.num_read == read_before:
+                self.report(Problem(path, None, None, f"no samples: {_empty_reason(path)}"))
         return records
 
-    def _check_length(self, record: Record) -> None:
-        """Tokenise once at load so a sample that cannot fit is skipped now, not mid-training."""
+    def _check_length(self, record: Record) -> bool:
+        """Tokenise once at load so a sample that cannot fit is skipped now, not mid-training; False
+        when truncation="drop" skips it (counted in num_dropped, not a problem)."""
         encode = getattr(self.text_processor, "encode", None)
         if encode is not None:
-            self.num_truncated += encode(record.turns, record.problem("")).truncated > 0
+            try:
+                self.num_truncated += encode(record.turns, record.problem("")).truncated > 0
+            except SampleDropped:
+                self.num_dropped += 1
+                return False
+        return True
 
     def report(self, problem: Problem) -> None:
         """Strict: raise now. Default: remember it for the summary and `self.problems`."""
@@ -85,9 +93,21 @@ class ItemDataset(Dataset):
             raise DatasetError(problem)
         self.problems.append(problem)
 
+    def summary(self) -> str:
+        """One line of counts: samples kept, truncated, dropped, skipped as problems."""
+        limit = getattr(self.text_processor, "max_length", None)
+        parts = [f"{len(self.data)} samples of {self.num_read} records read"]
+        if self.check_length and limit is not None:
+            parts.append(f"{self.num_truncated} truncated to max_length {limit} (cut at the end, no EOS trained "
+                         f"at the cut)")
+            if getattr(self.text_processor, "truncation", "cut") == "drop" or self.num_dropped:
+                parts.append(f"{self.num_dropped} longer than max_length dropped (truncation drop)")
+        parts.append(f"{len(self.problems)} skipped as problems")
+        return ", ".join(parts)
+
     def _summarise(self, data_path) -> None:
-        if self.num_truncated:
-            logger.info("%s: %d samples longer than max_length get their text truncated", data_path, self.num_truncated)
+        if self.num_truncated or self.num_dropped:
+            logger.info("%s: %s", data_path, self.summary())
         if not self.problems:
             return
         shown = "\n  ".join(str(p) for p in self.problems[:10])
@@ -124,3 +144,29 @@ class ItemDataset(Dataset):
     def process_text(self, answer: str, prompt: str) -> Dict[str, object]:
         """Official signature, for subclasses: one image after BOS, `prompt` templated, `answer` trained."""
         return self.text_processor(answer, prompt)
+
+
+def _empty_reason(path: str) -> str:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        empty = not f.read().strip()  # a file that yields no record is small or blank: reading it is cheap
+    return "the file is empty" if empty else "it holds no records (an empty JSON array?)"
+
+
+class NoSamples(DatasetError):
+    """Nothing usable in the data: `no samples in FILE: why` (empty, or every record rejected)."""
+
+    def __init__(self, data_path, num_read: int, num_dropped: int, problems: Sequence[Problem]):
+        paths = [data_path] if isinstance(data_path, (str, os.PathLike)) else list(data_path)
+        files = ", ".join(map(str, paths))
+        if num_read == 0:
+            why = problems[0].reason.split(": ", 1)[-1] if len(paths) == 1 and problems else "no records"
+        else:
+            why = f"no usable samples ({num_read} record(s) read, {len(problems)} rejected"
+            why += f", {num_dropped} longer than max_length dropped by truncation drop)" if num_dropped else ")"
+            if problems:
+                why += f"; first problem: {problems[0]}"
+        super().__init__(Problem(files, None, None, why))
+        self.message = f"no samples in {files}: {why}"
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,7 +1,9 @@
 """Turn a conversation into CogVLM training tokens: ids, labels, positions and the three image masks.
 
-A single-image, single-turn sample comes out exactly as the official `llama2_text_processor` makes
-it (unpadded); multi-turn, several images, loss on the last turn and safe truncation are ours.
+A single-image, single-turn sample that fits comes out exactly as the official `llama2_text_processor`
+makes it (unpadded); multi-turn, several images, loss on the last turn and safe truncation are ours.
+A sample longer than max_length is cut at its end with no EOS appended at the cut (the official code
+appends one, which teaches the model to stop mid-answer), or skipped with `truncation="drop"`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .records import ASSISTANT, IMAGE_MARKER, SYSTEM, USER, Problem, SampleTooLong, Turn
+from .records import ASSISTANT, IMAGE_MARKER, SYSTEM, USER, Problem, SampleDropped, SampleTooLong, Turn
 
 IGNORE_INDEX = -100  # label of tokens that get no loss (prompt, image spans, padding)
 IMAGE_TOKEN_ID = 0   # BOI, the image tokens and EOI are all id 0; their embeddings are replaced
@@ -33,6 +35,8 @@ TEMPLATES: Dict[str, Template] = {
 }
 _OFFICIAL_TAGS = re.compile("<pad>|<s>|</s>|<EOI>")  # stripped from queries, as the official code does
 _LEADING_MARKERS = re.compile(r"\s*((?:<image>\s*)+)")
+TRUNCATION = ("cut", "drop")  # what happens to a sample longer than max_length
+_TOKEN_LISTS = ("input_ids", "labels", "position_ids", "image_embed_mask", "vision_expert_mask", "image_rope_mask")
 
 
 @dataclass
@@ -77,19 +81,24 @@ class TextProcessor:
 
     Args: tokenizer (HF-style `encode(text, add_special_tokens=False)`, `bos/eos_token_id`),
     max_length (tokens incl. image spans; None = no limit), image_length (tokens per image, = ViT
-    patches), template (base/chat/vqa/chat_old), loss_on ("all" assistant turns or only the "last").
+    patches), template (base/chat/vqa/chat_old), loss_on ("all" assistant turns or only the "last"),
+    truncation: a longer sample is "cut" at max_length (no EOS at the cut; never inside an image span)
+    or "drop"ped (`SampleDropped`, which ItemDataset counts and skips).
     """
 
     def __init__(self, tokenizer, max_length: Optional[int] = 2048, image_length: int = None,
-                 template: str = "chat_old", loss_on: str = "all"):
+                 template: str = "chat_old", loss_on: str = "all", truncation: str = "cut"):
         if image_length is None or image_length < 1:
             raise ValueError("image_length (tokens per image = ViT patches, e.g. 1225 at 490 px) is required")
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
         if loss_on not in ("all", "last"):
             raise ValueError(f"loss_on must be 'all' or 'last', got {loss_on!r}")
+        if truncation not in TRUNCATION:
+            raise ValueError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}")
         self.tokenizer, self.max_length, self.image_length = tokenizer, max_length, image_length
         self.template_name, self.template, self.loss_on = template, TEMPLATES[template], loss_on
+        self.truncation = truncation
 
     # -- public API ------------------------------------------------------------------------------
     def __call__(self, answer: str, query: str = "") -> Dict[str, object]:
@@ -132,8 +141,7 @@ class TextProcessor:
 
     def to_tensors(self, enc: Encoded) -> Dict[str, object]:
         """1-D long tensors (unpadded), the context length and bookkeeping ints."""
-        out = {k: torch.tensor(getattr(enc, k), dtype=torch.long) for k in
-               ("input_ids", "labels", "position_ids", "image_embed_mask", "vision_expert_mask", "image_rope_mask")}
+        out = {k: torch.tensor(getattr(enc, k), dtype=torch.long) for k in _TOKEN_LISTS}
         out["segment_ids"] = torch.ones(len(enc), dtype=torch.long)  # one sample = segment 1; padding = 0
         out["context_length"] = enc.context_length
         out["num_images"] = len(enc.image_spans)
@@ -188,24 +196,25 @@ class TextProcessor:
         return self._fit(enc, source)
 
     def _fit(self, enc: Encoded, source: Optional[Problem]) -> Encoded:
-        """Cut text at the end so EOS lands at max_length; never cut an image span or all the loss."""
+        """Keep the first max_length tokens, labels unchanged: the cut trains no EOS. Never cut an image
+        span or every trained token (SampleTooLong); with truncation="drop" any longer sample is SampleDropped."""
         if self.max_length is None or len(enc) <= self.max_length:
             return enc
-        cut = self.max_length - 1  # tokens kept before the EOS we put back
+        cut = self.max_length
 
-        def too_long(reason: str) -> SampleTooLong:
+        def too_long(reason: str, error=SampleTooLong) -> SampleTooLong:
             where = source or Problem("<memory>", None, None, "")
-            return SampleTooLong(Problem(where.file, where.line, where.record_id,
-                                         f"sample needs {len(enc)} tokens > max_length {self.max_length}: {reason}"))
+            return error(Problem(where.file, where.line, where.record_id,
+                                 f"sample needs {len(enc)} tokens > max_length {self.max_length}: {reason}"))
 
+        if self.truncation == "drop":
+            raise too_long("dropped (truncation drop)", SampleDropped)
         if enc.image_spans and enc.image_spans[-1][1] >= cut:
             raise too_long("truncating would cut an image span")
-        eos_trained = enc.labels[cut] != IGNORE_INDEX  # EOS replaces a token of a trained turn?
-        enc.truncated = len(enc) - self.max_length
-        for k in ("input_ids", "labels", "position_ids", "image_embed_mask", "vision_expert_mask", "image_rope_mask"):
-            del getattr(enc, k)[cut:]
-        enc.add_tokens([self.tokenizer.eos_token_id], trained=eos_trained)
-        if all(label == IGNORE_INDEX for label in enc.labels):
+        if all(label == IGNORE_INDEX for label in enc.labels[:cut]):
             raise too_long("no trained token would be left")
+        enc.truncated = len(enc) - cut
+        for k in _TOKEN_LISTS:
+            del getattr(enc, k)[cut:]
         enc.context_length = min(enc.context_length, cut)
         return enc

@@ -132,13 +132,49 @@ def test_several_images_one_span_each(tiny_tokenizer):
     assert all(out["labels"][i] == IGNORE_INDEX for i in range(len(ids)) if embed[i])
 
 
-def test_truncation_cuts_answer_and_keeps_eos(tiny_tokenizer):
+def test_truncation_cuts_the_answer_and_trains_no_false_eos(tiny_tokenizer):
+    """A cut sample is the first max_length tokens of the full one, labels unchanged: no EOS is put at
+    the cut (the official processor appends one there, teaching the model to stop mid-answer)."""
     full = TextProcessor(tiny_tokenizer, max_length=None, image_length=L)("one two three four five six", "Count?")
     n = len(full["input_ids"])
     out = TextProcessor(tiny_tokenizer, max_length=n - 3, image_length=L)("one two three four five six", "Count?")
     assert len(out["input_ids"]) == n - 3 and out["truncated"] == 3
-    assert out["input_ids"].tolist() == full["input_ids"].tolist()[:n - 4] + [2]
-    assert out["labels"][-1] == 2 and out["labels"].tolist()[:-1] == full["labels"].tolist()[:n - 4]
+    for key in ("input_ids", "labels", "position_ids", "image_embed_mask", "vision_expert_mask", "image_rope_mask"):
+        assert out[key].tolist() == full[key].tolist()[:n - 3], key
+    assert tiny_tokenizer.eos_token_id not in out["input_ids"].tolist()
+    assert tiny_tokenizer.eos_token_id not in out["labels"].tolist()
+    assert out["context_length"] == full["context_length"]
+    # Cutting only the final EOS keeps the whole answer and still trains no EOS.
+    just = TextProcessor(tiny_tokenizer, max_length=n - 1, image_length=L)("one two three four five six", "Count?")
+    assert just["input_ids"].tolist() == full["input_ids"].tolist()[:-1] and just["truncated"] == 1
+
+
+def test_truncation_keeps_every_image_span_whole(tiny_tokenizer):
+    turns = [Turn("user", "<image>\nleft or <image> right?"), Turn("assistant", "left of the two")]
+    full = TextProcessor(tiny_tokenizer, max_length=None, image_length=L).encode(turns)
+    eoi2 = full.image_spans[1][1]
+    for max_length in range(full.image_spans[1][0], eoi2 + 1):  # the cut would fall inside the second span
+        with pytest.raises(SampleTooLong, match="image span"):
+            TextProcessor(tiny_tokenizer, max_length=max_length, image_length=L).encode(turns)
+    # Room for the second span and two more tokens (the first answer token is trained): both spans whole.
+    cut = TextProcessor(tiny_tokenizer, max_length=len(full) - 2, image_length=L).encode(turns)
+    assert cut.image_spans == full.image_spans and sum(cut.image_embed_mask) == 2 * (L + 2)
+    assert cut.input_ids == full.input_ids[:len(full) - 2]
+
+
+def test_truncation_drop_skips_what_does_not_fit(tiny_tokenizer):
+    from dataset import SampleDropped
+    short, long_ = ("yes", "Is it?"), ("one two three four five six", "Count?")
+    n = len(TextProcessor(tiny_tokenizer, max_length=None, image_length=L)(*long_)["input_ids"])
+    drop = TextProcessor(tiny_tokenizer, max_length=n - 1, image_length=L, truncation="drop")
+    cut = TextProcessor(tiny_tokenizer, max_length=n - 1, image_length=L, truncation="cut")
+    with pytest.raises(SampleDropped, match=f"needs {n} tokens > max_length {n - 1}"):
+        drop(*long_)
+    assert as_lists(drop(*short)) == as_lists(cut(*short))  # what fits is untouched
+    assert as_lists(TextProcessor(tiny_tokenizer, max_length=n, image_length=L, truncation="drop")(*long_)) == \
+        as_lists(TextProcessor(tiny_tokenizer, max_length=None, image_length=L)(*long_))
+    with pytest.raises(ValueError, match="truncation"):
+        TextProcessor(tiny_tokenizer, image_length=L, truncation="shorten")
 
 
 def test_sample_that_cannot_fit_raises(tiny_tokenizer):
