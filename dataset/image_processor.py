@@ -5,19 +5,18 @@ bicubic resize; ToTensor divides by 255; Normalize subtracts mean and divides by
 """
 from __future__ import annotations
 
-import os
-import warnings
+from collections import Counter
 from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .image_decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from .records import DatasetError, Problem
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb limit (about 0.25 GB at 24 bit)
 
 
 class ImageProcessor:
@@ -49,32 +48,17 @@ def vision_inputs(pixels: torch.Tensor) -> dict:
 
 
 def load_image(path: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
-               where: Optional[Problem] = None) -> Image.Image:
-    """Open and fully decode an image as RGB; any failure is a DatasetError naming the file.
-
-    The size is checked from the header before decoding, so a decompression bomb costs nothing.
+               where: Optional[Problem] = None, conversions: Optional[Counter] = None) -> Image.Image:
+    """Open and fully decode an image as the 8-bit RGB picture it shows (`dataset.image_decode`: 16-bit
+    scaled, EXIF orientation applied, transparency on white); any failure is a DatasetError naming the
+    file. `conversions`, when given, counts the conversions made (by name).
     """
-    def fail(reason: str) -> DatasetError:
-        w = where or Problem(path, None, None, "")
-        return DatasetError(Problem(w.file, w.line, w.record_id, f"image {path}: {reason}"))
-
-    if not os.path.isfile(path):
-        raise fail("missing (no such file)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if max_pixels is not None and w * h > max_pixels:
-                    raise fail(f"{w}x{h} = {w * h} pixels exceeds the {max_pixels}-pixel limit "
-                               f"(decompression bomb guard; raise max_pixels if the image is genuine)")
-                img.load()
-                return img.convert("RGB")
-    except DatasetError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise fail(f"refused as a decompression bomb: {e}") from None
-    except Image.UnidentifiedImageError:
-        raise fail("not a readable image (unknown or corrupt format)") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated data, bad chunks, broken headers
-        raise fail(f"corrupt or unreadable image: {e}") from None
+        decoded = decode_image(path, max_pixels)
+    except ImageDecodeError as e:
+        w = where or Problem(path, None, None, "")
+        reason = "missing (no such file)" if e.kind == "missing" else e.reason
+        raise DatasetError(Problem(w.file, w.line, w.record_id, f"image {path}: {reason}")) from None
+    if conversions is not None:
+        conversions.update(decoded.conversions)
+    return decoded.image

@@ -1,18 +1,19 @@
 """Images for inference: open a path (or take a PIL image) and make the ViT's pixel tensor.
 
-The pixels come from `dataset.ImageProcessor`, the processor training uses (bicubic resize, CLIP
-mean/std), so a model sees the same numbers at inference as in training.
+Files are decoded by `dataset.image_decode` and the pixels made by `dataset.ImageProcessor` (bicubic
+resize, CLIP mean/std), both what training uses, so a model sees the same numbers at inference as in
+training.
 """
 from __future__ import annotations
 
 import base64
-import io
 import os
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image
 
+from dataset.image_decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, to_rgb
 from dataset.image_processor import ImageProcessor
 
 ImageLike = Union[str, os.PathLike, Image.Image]
@@ -22,29 +23,28 @@ class ImageLoadError(ValueError):
     """An image that cannot be used, with the reason (missing file, not an image, ...)."""
 
 
-def open_image(image: ImageLike) -> Image.Image:
-    """An RGB PIL image from a path or a PIL image; ImageLoadError says what is wrong."""
+def open_image(image: ImageLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The RGB picture a path (or a PIL image) shows, decoded as training decodes it
+    (`dataset.image_decode`: 16-bit scaled, EXIF orientation applied, transparency on white)."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)[0]
     path = os.fspath(image)
-    if not os.path.isfile(path):
-        raise ImageLoadError(f"image {path}: no such file")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"image {path}: not a readable image ({e})") from None
+        return decode_image(path, max_pixels).image
+    except ImageDecodeError as e:
+        raise ImageLoadError(f"image {path}: {e.reason}") from None
 
 
-def image_from_base64(data: str) -> Image.Image:
-    """A VLMEvalKit TSV cell (base64 of the encoded file) as an RGB image."""
+def image_from_base64(data: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A VLMEvalKit TSV cell (base64 of the encoded file) as an RGB image, decoded like a file."""
     try:
-        with Image.open(io.BytesIO(base64.b64decode(data))) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, ValueError) as e:
+        raw = base64.b64decode(data, validate=False)
+    except (ValueError, TypeError) as e:
         raise ImageLoadError(f"not a base64-encoded image ({e})") from None
+    try:
+        return decode_image(raw, max_pixels).image
+    except ImageDecodeError as e:
+        raise ImageLoadError(f"base64 image: {e.reason}") from None
 
 
 def image_size_of(args) -> Tuple[int, int]:
