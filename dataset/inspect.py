@@ -1,22 +1,25 @@
 """`python -m dataset.inspect DATA --image-root DIR`: check a data file before training.
 
-Prints record and image counts, a token-length histogram (what max_length would cut), one sample's
-training text with its trained parts between ⟦ ⟧, and every problem with file and line.
-Exit status 0 when clean, 1 when any problem was found.
+Prints record and image counts (with the conversions decoding made: 16-bit scaled, EXIF orientation,
+transparency), a token-length histogram (what max_length would cut or drop), one sample's training
+text with its trained parts between ⟦ ⟧, and every problem with file and line.
+Exit status 0 when clean, 1 when any problem was found (an empty data file is one).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections import Counter
 from typing import List, Optional, Sequence
 
 from tqdm import tqdm
 
+from .image_decode import EXIF_ORIENTATION, HIGH_BIT_DEPTH, TRANSPARENCY
 from .image_processor import DEFAULT_MAX_PIXELS, load_image
 from .item_dataset import ItemDataset
-from .records import DatasetError, Problem
-from .text_processor import IGNORE_INDEX, TEMPLATES, Encoded, TextProcessor
+from .records import DatasetError, Problem, SampleDropped
+from .text_processor import IGNORE_INDEX, TEMPLATES, TRUNCATION, Encoded, TextProcessor
 
 OPEN, CLOSE = "⟦", "⟧"
 
@@ -34,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-length", type=int, default=tiny.image_length,
                    help=f"tokens per image (default {tiny.image_length}, cogvlm-tiny; 1225 for 490 px)")
     p.add_argument("--loss-on", default="all", choices=("all", "last"))
+    p.add_argument("--truncation", default="cut", choices=TRUNCATION,
+                   help="a sample longer than --max-length is cut at the end (no EOS at the cut) or dropped")
     p.add_argument("--show", type=int, default=0, help="index of the sample whose training text is shown")
     p.add_argument("--no-decode", action="store_true", help="skip decoding images (only check they exist)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression bomb limit")
@@ -97,13 +102,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     full = TextProcessor(tokenizer, max_length=None, image_length=args.image_length, template=args.template,
                          loss_on=args.loss_on)
     fitted = TextProcessor(tokenizer, max_length=args.max_length, image_length=args.image_length,
-                           template=args.template, loss_on=args.loss_on)
+                           template=args.template, loss_on=args.loss_on, truncation=args.truncation)
     logging.getLogger("cogcot.dataset").setLevel(logging.ERROR)  # we print every problem ourselves
     try:
         ds = ItemDataset(None, full, None, args.data, image_root=args.image_root, strict=args.strict,
                          max_pixels=args.max_pixels, allow_empty=True)
         problems: List[Problem] = list(ds.problems)
-        lengths, cut, samples = [], 0, []
+        lengths, cut, dropped, samples = [], 0, 0, []
         big = len(ds) > 1000
         for rec in tqdm(ds.data, desc="tokenising", disable=not big, file=sys.stderr):
             where = rec.problem("")
@@ -111,15 +116,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             try:
                 samples.append(fitted.encode(rec.turns, where))
                 cut += samples[-1].truncated > 0
+            except SampleDropped:  # chosen with --truncation drop: counted, not a problem
+                samples.append(None)
+                dropped += 1
             except DatasetError as e:
                 samples.append(None)
                 _note(problems, e.problem, args.strict)
-        n_images, bad_images = sum(len(r.images) for r in ds.data), 0
+        n_images, bad_images, conversions = sum(len(r.images) for r in ds.data), 0, Counter()
         if not args.no_decode:
             for rec in tqdm(ds.data, desc="decoding images", disable=not big, file=sys.stderr):
                 for path in rec.images:
                     try:
-                        load_image(path, args.max_pixels, rec.problem(""))
+                        load_image(path, args.max_pixels, rec.problem(""), conversions)
                     except DatasetError as e:
                         bad_images += 1
                         _note(problems, e.problem, args.strict)
@@ -130,12 +138,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"records: {ds.num_read} read, {len(ds)} parsed, {len(ds.problems)} rejected at load")
     print(f"images: {n_images} referenced by parsed records" +
           ("" if args.no_decode else f", {n_images - bad_images} decoded, {bad_images} unreadable"))
+    if not args.no_decode:
+        print(f"image conversions: {conversions[HIGH_BIT_DEPTH]} 16-bit scaled to 8 bit, "
+              f"{conversions[EXIF_ORIENTATION]} turned by their EXIF orientation, "
+              f"{conversions[TRANSPARENCY]} with transparency composited on white")
     if lengths:
         over = sum(n > args.max_length for n in lengths)
         print(f"tokens per sample (image spans included, image_length {args.image_length}): "
               f"min {min(lengths)}, mean {sum(lengths) / len(lengths):.1f}, max {max(lengths)}")
         print("\n".join(histogram(lengths, args.max_length)))
-        print(f"max_length {args.max_length} cuts {over} sample(s): {cut} truncated, {over - cut} cannot fit")
+        if args.truncation == "drop":
+            print(f"max_length {args.max_length} cuts {over} sample(s): {dropped} dropped (--truncation drop)")
+        else:
+            print(f"max_length {args.max_length} cuts {over} sample(s): {cut} truncated, {over - cut} cannot fit"
+                  + (" (truncated: cut at the end, no EOS trained at the cut)" if cut else ""))
         show = min(max(args.show, 0), len(samples) - 1)
         if samples[show] is not None:
             print(f"\nsample {show} ({ds.data[show].id}) as trained, {OPEN}trained{CLOSE}:\n{render(samples[show], tokenizer)}")

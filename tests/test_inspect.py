@@ -58,3 +58,30 @@ def test_runs_as_a_module_with_the_default_tokenizer(write_records, monkeypatch,
         runpy.run_module("dataset.inspect", run_name="__main__")
     assert exit_info.value.code == 1
     assert f"{path}:1 [id r1]: missing image" in capsys.readouterr().out
+
+
+def test_truncation_and_image_conversions_are_reported(tiny_tokenizer, write_records, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    Image.fromarray(np.tile(np.arange(0, 65536, 4096, dtype=np.uint16), (4, 1))).save(tmp_path / "deep.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.new("RGB", (9, 5)).save(tmp_path / "turned.png", exif=exif)
+    Image.new("RGBA", (6, 6), (10, 20, 30, 0)).save(tmp_path / "clear.png")
+    path = write_records([conv("short", image="deep.png", answer="red"), conv("long", image="turned.png",
+                          answer="red " * 40), conv("third", image="clear.png", answer="blue")])
+    assert main(args(path, tiny_tokenizer, "--max-length", "24")) == 0
+    out = capsys.readouterr().out
+    assert "image conversions: 1 16-bit scaled to 8 bit, 1 turned by their EXIF orientation, " \
+           "1 with transparency composited on white" in out
+    assert "max_length 24 cuts 1 sample(s): 1 truncated, 0 cannot fit (truncated: cut at the end, no EOS" in out
+    assert main(args(path, tiny_tokenizer, "--max-length", "24", "--truncation", "drop")) == 0  # chosen: no problem
+    assert "max_length 24 cuts 1 sample(s): 1 dropped (--truncation drop)" in capsys.readouterr().out
+
+
+def test_empty_data_file_is_a_problem(tiny_tokenizer, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main(args(empty, tiny_tokenizer)) == 1
+    out = capsys.readouterr().out
+    assert f"{empty}: no samples: the file is empty" in out and "1 problem(s)" in out
