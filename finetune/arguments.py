@@ -88,6 +88,9 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
     p.add(g, "--image-root", metavar="DIR", help="folder image paths are relative to (default: each data file's folder)")
     p.add(g, "--template", metavar="NAME", help="prompt template: chat_old, chat, vqa, base (default: the model's)")
     p.add(g, "--max-length", type=int, metavar="N", help="tokens per sample incl. image tokens (default: min(2048, model max))")
+    p.add(g, "--truncation", default="cut", choices=["cut", "drop"],
+          help="a sample longer than --max-length: cut at the end (no EOS trained at the cut) or dropped; "
+               "both are counted at the start of training")
     p.add(g, "--strict-data", flag_only=True, help="a bad record is an error (default: skipped and reported)")
     p.add(g, "--num-workers", type=int, metavar="N", help="data loader workers per process (default: 0 on CPU, 2 on GPU)")
 
@@ -216,6 +219,21 @@ def _check_file(problems: List[str], flag: str, path: Optional[str]) -> None:
         problems.append(f"{flag} {path}: no such file")
 
 
+def _check_data_file(problems: List[str], flag: str, path: str) -> None:
+    """A record file that exists must hold something (an empty one is a mistake, not zero samples)."""
+    if not Path(path).is_file():
+        problems.append(f"{flag} {path}: no such file")
+        return
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 16)
+            if not chunk:
+                problems.append(f"{flag} {path}: no samples in {path} (the file is empty)")
+                return
+            if chunk.strip():
+                return
+
+
 def check(opts, cuda: bool, launcher: bool = False) -> dict:
     """Validate everything that can be checked without loading the model; raise ConfigError listing
     all problems. Returns the filled DeepSpeed config."""
@@ -246,9 +264,9 @@ def check(opts, cuda: bool, launcher: bool = False) -> dict:
     if not opts.train_data and not launcher:
         problems.append("--train-data is required")
     for path in opts.train_data or []:
-        _check_file(problems, "--train-data", path)
+        _check_data_file(problems, "--train-data", path)
     for path in opts.valid_data or []:
-        _check_file(problems, "--valid-data", path)
+        _check_data_file(problems, "--valid-data", path)
     _check_file(problems, "--eval-data", opts.eval_data)
     if opts.image_root and not Path(opts.image_root).is_dir():
         problems.append(f"--image-root {opts.image_root}: no such directory")

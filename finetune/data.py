@@ -16,17 +16,20 @@ class DatasetFactory:
     """`create_dataset_function(path, args)` for SAT: one `dataset.ItemDataset` per data file."""
 
     def __init__(self, tokenizer, image_size, image_length: int, max_length: int, template: str,
-                 image_root=None, strict: bool = False):
+                 image_root=None, strict: bool = False, truncation: str = "cut", log=print):
         from dataset import ImageProcessor, TextProcessor
         self.image_processor = ImageProcessor(image_size)
         self.text_processor = TextProcessor(tokenizer, max_length=max_length, image_length=image_length,
-                                            template=template)
-        self.image_root, self.strict = image_root, strict
+                                            template=template, truncation=truncation)
+        self.image_root, self.strict, self.log = image_root, strict, log
 
     def __call__(self, path: str, args=None):
+        """The dataset of `path`; its counts (kept, truncated, dropped, problems) go to the run's log."""
         from dataset import ItemDataset
-        return ItemDataset(self.image_processor, self.text_processor, args, path,
-                           image_root=self.image_root, strict=self.strict)
+        ds = ItemDataset(self.image_processor, self.text_processor, args, path,
+                         image_root=self.image_root, strict=self.strict)
+        self.log(f"[data] {path}: {ds.summary()}")
+        return ds
 
 
 def make_collator(pad_token_id: int):

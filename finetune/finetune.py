@@ -219,7 +219,7 @@ class Run:
         step = TrainStep(self.history, between, dtype=dtype, is_rank0=self.rank == 0)
         self.step = step
         factory = DatasetFactory(self.tokenizer, self.image_size, margs.image_length, self.max_length, self.template,
-                                 image_root=o.image_root, strict=o.strict_data)
+                                 image_root=o.image_root, strict=o.strict_data, truncation=o.truncation, log=log)
         self.t_train = time.time()
         engine = training_main(margs, model_cls=self.model, forward_step_function=step,
                                create_dataset_function=factory, collate_fn=make_collator(self.tokenizer.pad_token_id),
@@ -338,7 +338,13 @@ def main(argv=None) -> int:
         print(f"finetune: cannot start:\n{e}", file=sys.stderr, flush=True)
         return 2
     run.set_trainable()
-    run.finish(*run.train())  # (engine, iteration); finish drops the engine before evaluating
+    from dataset import DatasetError
+    try:
+        trained = run.train()  # (engine, iteration)
+    except DatasetError as e:  # no usable samples, or the first bad record with --strict-data
+        print(f"finetune: cannot train: {e}", file=sys.stderr, flush=True)
+        return 2
+    run.finish(*trained)  # finish drops the engine before evaluating
     return 0
 
 

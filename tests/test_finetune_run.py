@@ -163,3 +163,34 @@ def test_bad_data_path_or_config_fails_before_training(synth, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "finetune" / "finetune.py"), "--train-data",
                            tmp_path / "nope.jsonl"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "nope.jsonl: no such file" in proc.stderr
+
+
+def test_data_counts_at_start_and_no_samples_without_a_traceback(tmp_path):
+    """The start of training reports kept/truncated/dropped counts per file; a data file with nothing usable
+    stops the run with 'no samples in FILE' (an empty one before anything starts), never a traceback."""
+    from PIL import Image
+    Image.new("RGB", (20, 16), (200, 30, 30)).save(tmp_path / "a.png")
+
+    def record(rid, answer, image="a.png"):
+        return json.dumps({"id": rid, "image": image, "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": answer}]})
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join([record("s1", "red"), record("long", "red " * 80), record("s2", "red")]) + "\n")
+    rejected = tmp_path / "valid.jsonl"
+    rejected.write_text(record("v1", "red", image="gone.png") + "\n")
+    rc, out = launch("--train-data", train, "--valid-data", rejected, "--max-length", 100, "--truncation", "drop",
+                     "--save", tmp_path / "s", "--train-iters", 1, "--batch-size", 1, "--skip-accuracy")
+    assert rc != 0 and "Traceback" not in out, out[-3000:]
+    assert f"[data] {train}: 2 samples of 3 records read, 0 truncated to max_length 100" in out
+    assert "1 longer than max_length dropped (truncation drop)" in out
+    assert f"no samples in {rejected}: no usable samples (1 record(s) read, 1 rejected); first problem:" in out
+    assert "missing image" in out
+    # An empty file is refused by the checks the launcher and the entry point run before anything starts.
+    from finetune import arguments
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    opts, _ = arguments.parse(["--train-data", str(empty), "--valid-data", str(train)], launcher=True)
+    with pytest.raises(arguments.ConfigError) as info:
+        arguments.check(opts, cuda=False, launcher=True)
+    assert info.value.problems == [f"--train-data {empty}: no samples in {empty} (the file is empty)"]
