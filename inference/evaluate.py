@@ -7,59 +7,41 @@ the model's template, the image first). The answer is read from `<CONCLUSION>` a
 option letter (or an option's text). Prints accuracy overall and per category; writes one JSON record
 per question: index, category, answer, prediction, correct, response (+ question, matched_by, mode).
 
+Nothing is lost: each record goes to `--out` as soon as its question is finished, and a rerun with the
+same `--out` resumes (skips the indices already there; `--restart` starts over). A row whose image or
+options cannot be read becomes an error record (`matched_by: "error"`, `error`: why; counted as wrong)
+and the run goes on; a prediction that names a letter outside the row's options is marked
+`matched_by: "not_an_option"`; search records count their judge fallbacks. A TSV without rows or
+without an `answer` column is an error (exit status 2). `image_path` cells resolve under the TSV's
+folder or `--image-root`, never outside it.
+
 `greedy` decodes `--batch-size` questions at once (left-padded, prompts grouped by length); the search
 modes (`stage`, `best_of_n`, `sentence`) run `StagedSearch` per question with `--n` candidates.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
 import sys
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
 from dataset.synth import tsv_row_to_prompt
 
+from .eval_data import (EvalDataError, RecordFile, check_tsv, index_of, read_tsv, row_image, row_options,  # noqa: F401
+                        row_problem)
 from .generation import StopCriteria, generate_batch
-from .image import ImageLoadError, Pixels, image_from_base64, image_size_of, model_device_dtype, open_image
+from .image import ImageLoadError, Pixels, image_size_of, model_device_dtype
 from .judges import Judge
 from .options import DEFAULT_STAGES, GREEDY, SearchOptions, derive_seed
 from .prompt import build_prompt
 
 MODES = ("greedy", "stage", "best_of_n", "sentence")
-
-
-# ----------------------------------------------------------------------------- data
-
-def read_tsv(path: Union[str, os.PathLike], limit: Optional[int] = None) -> List[Dict[str, str]]:
-    """Rows of a VLMEvalKit TSV as dicts (header line first; `image` is base64, or `image_path` a file)."""
-    csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    if rows and "question" not in rows[0]:
-        raise ValueError(f"{path}: no 'question' column (columns: {', '.join(rows[0])})")
-    return rows[:limit] if limit is not None else rows
-
-
-def row_options(row: Dict[str, str]) -> Dict[str, str]:
-    """{letter: option text} for the non-empty single-capital-letter columns."""
-    return {k: v for k, v in row.items() if len(k) == 1 and k.isupper() and v is not None and str(v).strip()
-            and str(v).lower() != "nan"}
-
-
-def row_image(row: Dict[str, str], base_dir: str):
-    if row.get("image"):
-        return image_from_base64(row["image"])
-    if row.get("image_path"):
-        path = row["image_path"]
-        return open_image(path if os.path.isabs(path) else os.path.join(base_dir, path))
-    raise ImageLoadError(f"row {row.get('index')}: no image or image_path")
 
 
 # ----------------------------------------------------------------------------- answers
@@ -104,8 +86,22 @@ def match_option(text: str, options: Dict[str, str]) -> Tuple[Optional[str], str
     return None, "none"
 
 
+_NAMED_LETTER = (re.compile(r"[\(\[]?\s*([A-Z])\s*[\)\]]?[\.:]?"),
+                 re.compile(r"(?:option|answer(?:\s+is)?|choice)\s*[:\-]?\s*[\(\[]?([A-Z])\b", re.I))
+
+
 def predict(response: str, options: Dict[str, str]) -> Tuple[Optional[str], str]:
-    return match_option(extract_conclusion(response), options)
+    """(letter, how) from the response's conclusion; a letter named plainly ("E", "the answer is E")
+    that is not among the options comes back as (letter, "not_an_option")."""
+    conclusion = extract_conclusion(response)
+    letter, how = match_option(conclusion, options)
+    if letter is None:
+        t = conclusion.strip()
+        bare = _NAMED_LETTER[0].fullmatch(t)
+        named = [bare.group(1)] if bare else _NAMED_LETTER[1].findall(t)
+        if named and named[-1] not in options:
+            return named[-1], "not_an_option"
+    return letter, how
 
 
 # ----------------------------------------------------------------------------- running
@@ -123,97 +119,160 @@ def eval_mode(model):
 def evaluate(model, tokenizer, data_path, *, template: str = "chat_old", mode: str = "greedy", n: int = 4,
              judge: Union[str, Judge] = "logprob", batch_size: int = 16, limit: Optional[int] = None,
              max_new_tokens: int = 512, image_size=None, out_path=None, progress: bool = True,
-             seed: int = 0, search_options: Optional[SearchOptions] = None, judge_log=None) -> dict:
-    """Evaluate `model` on the TSV at `data_path`; returns {"accuracy", "per_category", "n", "records"}.
+             seed: int = 0, search_options: Optional[SearchOptions] = None, judge_log=None,
+             image_root: Optional[str] = None, resume: bool = False, model_name: Optional[str] = None) -> dict:
+    """Evaluate `model` on the TSV at `data_path`; returns {"accuracy", "per_category", "n", "errors", "records"}.
 
     mode: greedy | stage | best_of_n | sentence; n, judge: candidates and judge of the search modes
     (search_options overrides the rest of `SearchOptions`); batch_size: questions decoded together in
     greedy mode; max_new_tokens: cap on each answer; image_size: ViT input size (default: the model's);
-    out_path: JSONL of the records; progress: a progress bar and the printed accuracy table.
-    The model is put in eval mode for the run and restored after.
+    out_path: JSONL of the records, written as each question finishes; resume: skip the questions
+    already in out_path (else it is overwritten); model_name: stored in the records and checked on
+    resume; image_root: where `image_path` cells resolve (default: the TSV's folder); progress: a
+    progress bar and the printed accuracy table. The model is put in eval mode for the run and restored after.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     rows = read_tsv(data_path, limit)
-    base_dir = os.path.dirname(os.path.abspath(data_path))
+    root = image_root if image_root is not None else os.path.dirname(os.path.abspath(data_path))
+    keys = [index_of(row.get("index", i)) for i, row in enumerate(rows)]
+    setup = {"mode": mode, **({"model": model_name} if model_name is not None else {})}
+    out = RecordFile(out_path, resume=resume, setup=setup) if out_path else None
+    records: Dict[int, dict] = {i: out.done[k] for i, k in enumerate(keys) if out and k in out.done}
+    todo = [i for i in range(len(rows)) if i not in records]
     from tqdm import tqdm
-    bar = tqdm(total=len(rows), desc=f"eval {mode}", unit="q", disable=not progress, file=sys.stderr)
-    responses: Dict[int, str] = {}
-    with eval_mode(model), torch.no_grad():
-        if mode == "greedy":
-            _greedy(model, tokenizer, rows, base_dir, template, batch_size, max_new_tokens, image_size, responses, bar)
-        else:
-            from .search import StagedSearch
-            opts = (search_options or SearchOptions()).replace(mode=mode, n=n, max_new_tokens=max_new_tokens)
-            search = StagedSearch(model, tokenizer, judge=judge, options=opts, template=template,
-                                  log=judge_log, image_size=image_size)
-            try:
-                for i, row in enumerate(rows):
-                    result = search(row_image(row, base_dir), tsv_row_to_prompt(row).strip(),
-                                    seed=derive_seed(seed, row.get("index", i)), question_id=row.get("index", i))
-                    responses[i] = result.text
-                    bar.update(1)
-            finally:
-                search.close()
-    bar.close()
-    records = []
-    for i, row in enumerate(rows):
-        options = row_options(row)
-        prediction, how = predict(responses[i], options)
-        answer = (row.get("answer") or "").strip()
-        records.append({"index": _index(row.get("index", i)), "category": row.get("category") or "all",
-                        "question": row.get("question"), "answer": answer, "prediction": prediction,
-                        "correct": prediction is not None and prediction == answer, "matched_by": how,
-                        "response": responses[i], "mode": mode})
-    summary = summarize(records)
-    if out_path:
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)) or ".", exist_ok=True)
-        with open(out_path, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    bar = tqdm(total=len(todo), desc=f"eval {mode}", unit="q", disable=not progress, file=sys.stderr)
+    if records and progress:
+        bar.write(f"[resume] {len(records)} of {len(rows)} questions already in {out_path}; "
+                  f"evaluating the other {len(todo)}", file=sys.stderr)
+
+    def finish(i: int, response: Optional[str] = None, error: Optional[str] = None, **extra) -> None:
+        record = _record(rows[i], keys[i], mode, response, error, model_name, extra)
+        records[i] = record
+        if out is not None:
+            out.write(record)
+        if error is not None:
+            bar.write(f"[error] row index {keys[i]}: {error}", file=sys.stderr)
+        bar.update(1)
+
+    try:
+        ready = []
+        for i in todo:
+            problem = row_problem(rows[i])
+            if problem is not None:
+                finish(i, error=problem)
+            else:
+                ready.append(i)
+        with eval_mode(model), torch.no_grad():
+            if mode == "greedy":
+                _greedy(model, tokenizer, rows, ready, root, template, batch_size, max_new_tokens, image_size, finish)
+            else:
+                _search(model, tokenizer, rows, ready, root, template, mode, n, judge, max_new_tokens, image_size,
+                        seed, search_options, judge_log, finish)
+    finally:
+        bar.close()
+        if out is not None:
+            out.close()
+    ordered = [records[i] for i in range(len(rows))]
+    if out is not None:
+        out.finish(ordered)
+    summary = summarize(ordered)
     if progress:
         print(format_table(summary, mode))
-    return {**summary, "records": records}
+    return {**summary, "records": ordered}
 
 
-def _index(value):
+def _record(row, index, mode: str, response: Optional[str], error: Optional[str], model_name, extra) -> dict:
+    """The JSON record of one question: scored from the response, or an error record (counted as wrong)."""
+    answer = (row.get("answer") or "").strip()
+    if error is None:
+        prediction, how = predict(response, row_options(row))
+    else:
+        prediction, how = None, "error"
+    record = {"index": index, "category": row.get("category") or "all", "question": row.get("question"),
+              "answer": answer, "prediction": prediction,
+              "correct": how not in ("error", "not_an_option") and prediction is not None and prediction == answer,
+              "matched_by": how, "response": response, "mode": mode}
+    if error is not None:
+        record["error"] = error
+    if model_name is not None:
+        record["model"] = model_name
+    return {**record, **extra}
+
+
+def _model_name(path_or_preset: str) -> str:
+    """A checkpoint directory by its absolute path (however it was typed), a preset by name."""
+    return os.path.abspath(path_or_preset) if os.path.isdir(path_or_preset) else path_or_preset
+
+
+def _search(model, tokenizer, rows, todo, root, template, mode, n, judge, max_new_tokens, image_size, seed,
+            search_options, judge_log, finish):
+    from .search import StagedSearch
+    opts = (search_options or SearchOptions()).replace(mode=mode, n=n, max_new_tokens=max_new_tokens)
+    search = StagedSearch(model, tokenizer, judge=judge, options=opts, template=template, log=judge_log,
+                          image_size=image_size)
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        return value
+        for i in todo:
+            row = rows[i]
+            try:
+                image = row_image(row, root)
+            except ImageLoadError as e:
+                finish(i, error=f"image: {e}")
+                continue
+            result = search(image, tsv_row_to_prompt(row).strip(), seed=derive_seed(seed, row.get("index", i)),
+                            question_id=row.get("index", i))
+            judgments = [j for step in result.steps for j in step.judgments]
+            finish(i, response=result.text, judgments=len(judgments),
+                   judge_fallbacks=sum(bool(j.get("fallback")) for j in judgments))
+    finally:
+        search.close()
 
 
-def _greedy(model, tokenizer, rows, base_dir, template, batch_size, max_new_tokens, image_size, responses, bar):
+def _greedy(model, tokenizer, rows, todo, root, template, batch_size, max_new_tokens, image_size, finish):
     args = model.args
     device, dtype = model_device_dtype(model)
     pixels = Pixels(image_size or image_size_of(args), device=device, dtype=dtype)
-    prompts = [build_prompt(tokenizer, tsv_row_to_prompt(r).strip(), image_length=args.image_length,
-                            template=template) for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))  # similar lengths together: little padding
+    prompts = {i: build_prompt(tokenizer, tsv_row_to_prompt(rows[i]).strip(), image_length=args.image_length,
+                               template=template) for i in todo}
     stop = StopCriteria(strings=(DEFAULT_STAGES[-1].end,))
     context = getattr(args, "max_sequence_length", None)
+    fitting = []
+    for i in todo:
+        if context is not None and len(prompts[i]) >= context:
+            finish(i, error=f"the prompt ({len(prompts[i])} tokens) fills the model's context ({context})")
+        else:
+            fitting.append(i)
+    order = sorted(fitting, key=lambda i: len(prompts[i]))  # similar lengths together: little padding
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx, images = [], []
+        for i in order[s:s + batch_size]:
+            try:
+                images.append(row_image(rows[i], root))
+                idx.append(i)
+            except ImageLoadError as e:
+                finish(i, error=f"image: {e}")
+        if not idx:
+            continue
         room = max_new_tokens if context is None else min(max_new_tokens, context - len(prompts[idx[-1]]))
-        if room < 1:
-            raise ValueError(f"row {rows[idx[-1]].get('index')}: the prompt ({len(prompts[idx[-1]])} tokens) "
-                             f"fills the model's context ({context})")
-        embeds = model.encode_images(pixels([row_image(rows[i], base_dir) for i in idx]))
+        embeds = model.encode_images(pixels(images))
         out = generate_batch(model, [prompts[i] for i in idx], embeds, tokenizer=tokenizer, options=GREEDY,
                              stop=stop, max_new_tokens=room)
         for i, row in zip(idx, out):
-            responses[i] = tokenizer.decode(row.tokens).strip()
-        bar.update(len(idx))
+            finish(i, response=tokenizer.decode(row.tokens).strip())
 
 
 def summarize(records: Sequence[dict]) -> dict:
+    """Accuracy over all records (error rows count as wrong), per category, and how many rows were errors
+    or named a letter outside their options."""
     per = defaultdict(list)
     for r in records:
         per[r["category"]].append(bool(r["correct"]))
     n = len(records)
     return {"accuracy": (sum(bool(r["correct"]) for r in records) / n) if n else 0.0,
             "per_category": {c: sum(v) / len(v) for c, v in sorted(per.items())},
-            "n": n, "counts": {c: len(v) for c, v in sorted(per.items())}}
+            "n": n, "counts": {c: len(v) for c, v in sorted(per.items())},
+            "errors": sum(r.get("matched_by") == "error" for r in records),
+            "not_an_option": sum(r.get("matched_by") == "not_an_option" for r in records)}
 
 
 def format_table(summary: dict, mode: str = "") -> str:
@@ -223,6 +282,10 @@ def format_table(summary: dict, mode: str = "") -> str:
     for c, acc in summary["per_category"].items():
         lines.append(f"{c:<{width}} {summary['counts'][c]:>5} {acc:>9.3f}")
     lines.append(f"{overall:<{width}} {summary['n']:>5} {summary['accuracy']:>9.3f}")
+    if summary.get("errors"):
+        lines.append(f"{summary['errors']} row(s) could not be evaluated (counted as wrong; 'error' in their records)")
+    if summary.get("not_an_option"):
+        lines.append(f"{summary['not_an_option']} prediction(s) named a letter that is not among the row's options")
     return "\n".join(lines)
 
 
@@ -235,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--data", required=True, help="VLMEvalKit-style TSV (e.g. test.tsv from dataset.synth)")
     p.add_argument("--mode", default="greedy", choices=MODES)
-    p.add_argument("--out", default=None, help="JSONL file for the per-question records")
+    p.add_argument("--out", default=None,
+                   help="JSONL file for the per-question records, written as each finishes; a rerun resumes from it")
+    p.add_argument("--restart", action="store_true", help="overwrite --out instead of resuming from it")
+    p.add_argument("--image-root", default=None,
+                   help="folder the TSV's image_path cells are relative to (default: the TSV's folder)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first K rows only")
     p.add_argument("--batch-size", type=int, default=16, help="questions decoded together (greedy)")
     p.add_argument("--max-new-tokens", type=int, default=512)
@@ -251,21 +318,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not os.path.isfile(args.data):
         print(f"error: {args.data}: no such file", file=sys.stderr)
         return 1
+    if args.image_root is not None and not os.path.isdir(args.image_root):
+        print(f"error: --image-root {args.image_root}: no such directory", file=sys.stderr)
+        return 2
+    try:
+        check_tsv(args.data)  # before loading a model: a TSV that cannot be scored costs nothing
+    except EvalDataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        print(f"error: {args.data}: not UTF-8 text ({e})", file=sys.stderr)
+        return 2
     try:
         model, tokenizer, template = load_model(args)
         judge = judge_from_args(args)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: cannot load {args.from_pretrained}: {e}", file=sys.stderr)
         return 1
-    result = evaluate(model, tokenizer, args.data, template=template, mode=args.mode, n=args.n, judge=judge,
-                      batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                      out_path=args.out, progress=not args.no_progress, seed=args.seed,
-                      search_options=search_options_from_args(args), judge_log=args.judge_log)
+    try:
+        result = evaluate(model, tokenizer, args.data, template=template, mode=args.mode, n=args.n, judge=judge,
+                          batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                          out_path=args.out, progress=not args.no_progress, seed=args.seed,
+                          search_options=search_options_from_args(args), judge_log=args.judge_log,
+                          image_root=args.image_root, resume=not args.restart,
+                          model_name=_model_name(args.from_pretrained))
+    except EvalDataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.no_progress:
         print(format_table(result, args.mode))
     if args.out:
         print(f"records: {args.out}")
-    print(json.dumps({"accuracy": result["accuracy"], "n": result["n"], "per_category": result["per_category"]}))
+    print(json.dumps({"accuracy": result["accuracy"], "n": result["n"], "errors": result["errors"],
+                      "per_category": result["per_category"]}))
     return 0
 
 
