@@ -9,7 +9,7 @@ setup(
     packages=["models", "dataset", "finetune", "inference"],
     package_data={"finetune": ["*.sh", "configs/*.json"]},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.3",  # torch.get_default_device
         "deepspeed>=0.14",
         "SwissArmyTransformer==0.4.12",
         "pillow>=9",
@@ -19,6 +19,7 @@ setup(
         "tqdm",
         "matplotlib",
         "tensorboardX",
+        "psutil",  # benchmarks/: peak resident memory on CPU (DeepSpeed needs it too)
         # imported by SwissArmyTransformer without being declared by it
         "requests",
         "triton",

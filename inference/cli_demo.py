@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .options import REFERENCE_SAMPLING, SEARCH_MODES, SamplingOptions, SearchOptions
+from .options import OFFICIAL_DEMO_SAMPLING, REFERENCE_SAMPLING, SEARCH_MODES, SamplingOptions, SearchOptions
 from .prompt import TEMPLATES
 
 WELCOME = ('Welcome to the cogcot CLI. Enter an image path to load an image, then ask questions. '
@@ -95,14 +95,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m inference.cli_demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    g = p.add_argument_group("sampling (plain chat; official demo defaults)")
-    g.add_argument("--temperature", type=float, default=0.8)
-    g.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=0.4)
-    g.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=1)
+    g = p.add_argument_group("sampling (plain chat; default: greedy)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="0: greedy (default); > 0 samples (with --top_p / --top_k if given)")
+    g.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None, help="nucleus filter (default 1: off)")
+    g.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=None,
+                   help="keep the k most likely tokens (default 0: off; 1 is greedy)")
+    g.add_argument("--official-demo-sampling", action="store_true",
+                   help="the official CogVLM cli_demo's values: temperature 0.8, top_p 0.4, top_k 1 (greedy, as "
+                        "top_k 1 keeps one token); the flags above override them")
     g.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=512)
     g.add_argument("--seed", type=int, default=None)
     add_search_args(p)
     return p
+
+
+def sampling_from_args(args) -> SamplingOptions:
+    """Greedy unless asked otherwise; --official-demo-sampling starts from the official demo's values."""
+    base = OFFICIAL_DEMO_SAMPLING if args.official_demo_sampling else SamplingOptions()
+    given = {k: getattr(args, k) for k in ("temperature", "top_p", "top_k") if getattr(args, k) is not None}
+    return base.replace(**given, max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
+def describe_sampling(o: SamplingOptions) -> str:
+    values = f"temperature {o.temperature:g}, top_p {o.top_p:g}, top_k {o.top_k}"
+    return f"greedy ({values})" if o.greedy else f"sampling ({values}, seed {o.seed})"
+
+
+def _tolerate_bad_bytes() -> None:
+    """Read stdin with errors='surrogateescape': bytes that are not UTF-8 arrive as lone surrogates we can
+    report (and an image path in another encoding still opens), instead of a UnicodeDecodeError crash."""
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors="surrogateescape")
+        except (ValueError, OSError):  # e.g. a stream that cannot change its error handler
+            pass
+
+
+def _not_utf8(text: str) -> Optional[str]:
+    """None for clean text, else which bytes are not UTF-8 (the surrogates `surrogateescape` made of them)."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        bad = text[e.start:e.end].encode("utf-8", "surrogateescape")
+        return f"byte(s) {bad.hex(' ')} at character {e.start + 1}"
+
+
+def _printable(text: str) -> str:
+    """`text` with the bytes that were not UTF-8 shown as U+FFFD (printing a lone surrogate would fail)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _read(prompt: str) -> Optional[str]:
@@ -111,6 +154,9 @@ def _read(prompt: str) -> Optional[str]:
     except EOFError:
         print()
         return None
+    except UnicodeDecodeError as e:  # a stdin we could not reconfigure
+        print(f"\nerror: the input is not UTF-8 text ({e.reason}); please type it again")
+        return ""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -127,8 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.from_pretrained == "cogvlm-tiny":
         print("[note] cogvlm-tiny is a random-weight preset: expect garbage answers.")
     print(f"[template] {template}")
-    options = SamplingOptions(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+    options = sampling_from_args(args)
+    print(f"[sampling] {describe_sampling(options)}")
     chat = Chat(model, tokenizer, template=template, options=options)
     search = None
     if args.stage_search:
@@ -137,6 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[staged search] {args.search_mode}, {args.stage_search} candidates per step, judge {search.judge.name}"
               + (", reference procedure" if args.reference else ""))
     print(WELCOME)
+    _tolerate_bad_bytes()
     try:
         return _loop(chat, search)
     finally:
@@ -156,9 +203,9 @@ def _loop(chat, search) -> int:
             if path == "clear":
                 continue
             try:
-                chat.clear(path or None)
+                chat.clear(path or None)  # a path in another encoding still opens (its bytes are kept)
             except ImageLoadError as e:
-                print(f"error: {e}")
+                print(f"error: {_printable(str(e))}")
                 continue
             if not path:
                 print("(no image: text-only chat)")
@@ -169,6 +216,11 @@ def _loop(chat, search) -> int:
                 if query == "clear":
                     break
                 if not query:
+                    continue
+                bad = _not_utf8(query)
+                if bad is not None:
+                    print(f"error: the question is not UTF-8 text ({bad}); check the terminal's encoding "
+                          f"and type it again")
                     continue
                 try:
                     if search is not None:

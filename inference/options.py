@@ -12,14 +12,16 @@ from typing import Optional, Tuple
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How the next token is drawn. Defaults are the official CogVLM CLI demo's (top_k=1: greedy).
+    """How the next token is drawn. The defaults are greedy decoding and say so (temperature 0, no
+    top-p or top-k filter); setting a temperature > 0 alone samples from the whole distribution.
 
     temperature <= 0 or top_k == 1 means greedy; top_k = 0 and top_p = 1 switch those filters off.
     `seed` makes sampling reproducible: every sampled row has its own `torch.Generator`.
+    The official CogVLM CLI demo's settings are `OFFICIAL_DEMO_SAMPLING` (greedy too: its top_k is 1).
     """
-    temperature: float = 0.8
-    top_p: float = 0.4
-    top_k: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
     max_new_tokens: int = 512
     seed: Optional[int] = None
 
@@ -39,7 +41,10 @@ class SamplingOptions:
         return replace(self, **changes)
 
 
-GREEDY = SamplingOptions(temperature=0.0, top_p=1.0, top_k=0)
+GREEDY = SamplingOptions()  # the defaults: argmax at every step
+# The official CogVLM cli_demo's values. Its top_k=1 keeps only the most likely token, so despite the
+# temperature and top_p it decodes greedily; kept for replicating that demo exactly.
+OFFICIAL_DEMO_SAMPLING = SamplingOptions(temperature=0.8, top_p=0.4, top_k=1)
 # The LLaVA-CoT reference samples candidates (and judge outputs) with temperature 0.6, top_p 0.9.
 REFERENCE_SAMPLING = SamplingOptions(temperature=0.6, top_p=0.9, top_k=0)
 

@@ -1,6 +1,7 @@
 """python -m inference.cli_demo driven through stdin on the tiny model: chat, clear, stop, errors as
 messages, staged search showing each stage as it is chosen."""
 import io
+import os
 
 import pytest
 from PIL import Image
@@ -60,3 +61,35 @@ def test_bad_checkpoint_is_a_message(monkeypatch, capsys, tmp_path):
     assert cli_demo.main(["--from_pretrained", str(tmp_path / "ckpt")]) == 1
     err = capsys.readouterr().err
     assert err.count("error: cannot load") == 2 and "invalid JSON" in err
+
+
+def test_question_with_bytes_that_are_not_utf8_gets_a_message(monkeypatch, capsys, image_path, tmp_path):
+    latin1 = os.fsencode(tmp_path) + b"/rouge\xe9.png"  # a file name in another encoding (Latin-1) opens
+    with open(latin1, "wb") as f:
+        Image.new("RGB", (20, 20), (200, 0, 0)).save(f, "PNG")
+    raw = (image_path.encode() + b"\n" + b"caf\xe9?\n" + b"What color is it?\n" + b"clear\n"
+           + os.fsencode(tmp_path) + b"/caf\xe9.png\n" + latin1 + b"\nAnd this one?\nstop\n")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))  # strict, like a terminal
+    rc = cli_demo.main(["--from_pretrained", "cogvlm-tiny", "--max_new_tokens", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "error: the question is not UTF-8 text (byte(s) e9 at character 4)" in out
+    assert out.count("Model: ") == 2  # the bad question is not sent; the next one is answered, and the Latin-1 image's
+    assert "caf\ufffd.png: no such file" in out  # a bad path is reported too (shown with U+FFFD), no crash
+
+
+def test_sampling_defaults_say_what_they_do():
+    from inference.options import GREEDY, OFFICIAL_DEMO_SAMPLING, SamplingOptions
+    default = SamplingOptions()
+    assert default.greedy and default == GREEDY
+    assert (default.temperature, default.top_p, default.top_k) == (0.0, 1.0, 0)  # nothing that reads as sampling
+    assert not SamplingOptions(temperature=0.8).greedy  # a temperature alone samples
+    assert OFFICIAL_DEMO_SAMPLING.greedy and (OFFICIAL_DEMO_SAMPLING.temperature, OFFICIAL_DEMO_SAMPLING.top_p,
+                                              OFFICIAL_DEMO_SAMPLING.top_k) == (0.8, 0.4, 1)
+    parse = lambda *a: cli_demo.sampling_from_args(cli_demo.build_parser().parse_args(list(a)))
+    assert parse() == GREEDY.replace(max_new_tokens=512)
+    assert not parse("--temperature", "0.7").greedy and parse("--temperature", "0.7").top_k == 0
+    assert parse("--official-demo-sampling") == OFFICIAL_DEMO_SAMPLING.replace(max_new_tokens=512)
+    assert parse("--official-demo-sampling", "--top_k", "0").temperature == 0.8
+    assert not parse("--official-demo-sampling", "--top_k", "0").greedy
+    assert cli_demo.describe_sampling(parse()).startswith("greedy")
