@@ -24,3 +24,13 @@ def image_prompt_inputs(config, text_ids, seed=0):
                 vision_image=torch.randn(b, 3, size[0], size[1], generator=g),
                 vision_input_ids=torch.zeros(b, 1, dtype=torch.long), vision_position_ids=None,
                 vision_attention_mask=torch.ones(b, 1))
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte (id = byte + 3; unk 0, bos 1, eos 2): a tokenizer that changes no text, so
+    parity checks through it see every character and space (sentencepiece folds runs of spaces)."""
+    bos_token_id, eos_token_id, pad_token_id, vocab_size = 1, 2, 0, 259
+
+    def encode(self, text, add_special_tokens=True):
+        ids = [b + 3 for b in text.encode("utf-8")]
+        return [self.bos_token_id] + ids if add_special_tokens else ids
