@@ -23,7 +23,8 @@ class ItemDataset(Dataset):
     None), data_path (a file or a list of files). Keyword args: image_root (images are resolved
     against it; default: each data file's folder), strict (first problem raises; default: bad
     records are skipped, listed in `self.problems` and summarised once), max_pixels (decompression
-    bomb guard), check_length (tokenise at load to skip what cannot fit), allow_empty.
+    bomb guard), check_length (tokenise at load: skip what cannot fit, count what is truncated and what
+    `truncation="drop"` drops; `summary()` reports it), allow_empty (no NoSamples error).
 
     Subclasses reading another layout override `load_data` (returns a list) and `__getitem__`.
     """
