@@ -20,7 +20,7 @@ def test_cli_demo_chats_with_an_hf_directory(sat_dir, tmp_path, monkeypatch, cap
 def test_finetune_checks_accept_an_hf_directory(sat_dir, tmp_path):
     hf = sat_to_hf(sat_dir, tmp_path / "hf", progress=False)
     data = tmp_path / "d.jsonl"
-    data.write_text("")
+    data.write_text('{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}\n')  # not empty: an empty file is refused
     opts, _ = arguments.parse(["--from-pretrained", str(hf), "--train-data", str(data)], launcher=False)
     arguments.check(opts, cuda=False)
     (hf / "config.json").unlink()
