@@ -20,13 +20,19 @@ setup(
         "matplotlib",
         "tensorboardX",
         "psutil",  # benchmarks/: peak resident memory on CPU (DeepSpeed needs it too)
+        "openai>=1.40",  # dataset.teacher and the `api` judge: the client of OpenAI-compatible endpoints
         # imported by SwissArmyTransformer without being declared by it
         "requests",
         "triton",
         "wandb",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # inference.server: the OpenAI-compatible HTTP server
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+        # webui: the Gradio board
+        "web": ["gradio>=5,<7"],
+        # the suite starts the server and drives the board in a headless browser (Debian's chromium)
+        "test": ["pytest>=7", "httpx>=0.27", "playwright>=1.40", "fastapi>=0.110", "uvicorn>=0.29", "gradio>=5,<7"],
         # only for the opt-in tests against the Hugging Face CogVLM code (tests/test_hf_equivalence.py):
         # that remote code runs on transformers 4.x, not 5.x
         "hf": ["transformers>=4.36,<5", "peft>=0.10"],

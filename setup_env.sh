@@ -4,7 +4,7 @@
 # (its isolated build would pull a multi-GB CUDA torch), then this package in editable mode.
 # Sourced by finetune/run.sh and tests/run.sh; a second run only checks and starts in seconds.
 # Environment: COGCOT_VENV (default .venv at the repo root), COGCOT_PYTHON (default python3),
-# COGCOT_TORCH_SPEC (default torch==2.13.0 without CUDA, plain "torch" with CUDA).
+# COGCOT_TORCH_SPEC (default torch==2.13.0 without CUDA, plain "torch" with CUDA), COGCOT_NO_INSTALL=1.
 
 _cogcot_root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 _cogcot_venv="${COGCOT_VENV:-$_cogcot_root/.venv}"
@@ -21,8 +21,9 @@ fi
 # shellcheck disable=SC1091
 . "$_cogcot_venv/bin/activate"
 
-# Re-install when setup.py changed since the last successful install.
-if [ ! -f "$_cogcot_stamp" ] || [ "$_cogcot_root/setup.py" -nt "$_cogcot_stamp" ]; then
+# Re-install when setup.py changed since the last successful install (COGCOT_NO_INSTALL=1: use the
+# environment exactly as it is, e.g. one shared by several checkouts).
+if [ "${COGCOT_NO_INSTALL:-0}" != 1 ] && { [ ! -f "$_cogcot_stamp" ] || [ "$_cogcot_root/setup.py" -nt "$_cogcot_stamp" ]; }; then
     _t0=$(date +%s)
     _pip="python -m pip install --disable-pip-version-check -q"
     if ! python -c "import torch" 2>/dev/null; then
