@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from dataset.synth import CATEGORIES, item_rng, make_item  # noqa: E402
-from inference.cli_demo import load_model  # noqa: E402
+from inference.model_args import load_model  # noqa: E402
 from inference.generation import ForwardCounter  # noqa: E402
 from inference.image import image_size_of  # noqa: E402
 from inference.options import REFERENCE_SAMPLING, SEARCH_MODES, SearchOptions, derive_seed  # noqa: E402

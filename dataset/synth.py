@@ -76,9 +76,10 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
+from .cot_format import LETTERS, format_options, four_stage, tsv_row_to_prompt  # noqa: F401  (the format's home)
+
 FORMAT_VERSION = 2  # bumped when the same arguments would draw different items (2: fixed options)
 CATEGORIES: Tuple[str, ...] = ("color", "shape", "position", "chart", "count", "arithmetic")
-LETTERS: Tuple[str, ...] = ("A", "B", "C", "D")
 DEFAULT_IMAGE_SIZE = 56
 MIN_IMAGE_SIZE = 28
 MAX_OBJECTS = 5
@@ -111,31 +112,7 @@ _PNG_SAVE = dict(format="PNG", optimize=False, compress_level=6)  # fixed: byte-
 
 # ----------------------------------------------------------------------------- the prompt rule
 
-def format_options(options: Mapping[str, str]) -> str:
-    """``"Options: A. x B. y C. z D. w"`` for the letters present (non-empty) in `options`."""
-    parts = [f"{k}. {options[k]}" for k in LETTERS if k in options and str(options[k]).strip() != ""]
-    return "Options: " + " ".join(parts)
-
-
-def tsv_row_to_prompt(row: Mapping[str, Any]) -> str:
-    """The question text of a VLMEvalKit-style row: ``question + "\\nOptions: A. .. B. .. C. .. D. .."``.
-
-    `row` is any mapping with ``question`` and the option columns (a ``csv.DictReader`` row, a
-    pandas row as dict); the generator builds its training prompts with this same function.
-    Option values are taken as strings; NaN/None/empty options are skipped.
-    """
-    opts = {}
-    for k in LETTERS:
-        v = row.get(k)
-        if v is None or (isinstance(v, float) and v != v):  # None or NaN (pandas empty cell)
-            continue
-        opts[k] = str(v)
-    return f"{row['question']}\n" + format_options(opts)
-
-
-def four_stage(summary: str, caption: str, reasoning: str, conclusion: str) -> str:
-    return (f"<SUMMARY> {summary} </SUMMARY> <CAPTION> {caption} </CAPTION> "
-            f"<REASONING> {reasoning} </REASONING> <CONCLUSION> {conclusion} </CONCLUSION>")
+# format_options, tsv_row_to_prompt and four_stage come from dataset.cot_format (imported above).
 
 
 # ----------------------------------------------------------------------------- one item

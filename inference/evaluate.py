@@ -2,7 +2,7 @@
 
     python -m inference.evaluate --from_pretrained CKPT --data test.tsv --mode greedy --out results.jsonl
 
-Each row's prompt is built as in training (`dataset.synth.tsv_row_to_prompt`: question + options, in
+Each row's prompt is built as in training (`dataset.cot_format.tsv_row_to_prompt`: question + options, in
 the model's template, the image first). The answer is read from `<CONCLUSION>` and matched to an
 option letter (or an option's text). Prints accuracy overall and per category; writes one JSON record
 per question: index, category, answer, prediction, correct, response (+ question, matched_by, mode).
@@ -23,85 +23,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
-from dataset.synth import tsv_row_to_prompt
+# extract_conclusion, match_option and predict are imported by callers from here too (kept importable)
+from dataset.cot_format import CONCLUSION, extract_conclusion, match_option, predict, tsv_row_to_prompt  # noqa: F401
 
 from .eval_data import (EvalDataError, RecordFile, check_tsv, index_of, read_tsv, row_image, row_options,  # noqa: F401
                         row_problem)
 from .generation import StopCriteria, generate_batch
 from .image import ImageLoadError, Pixels, image_size_of, model_device_dtype
 from .judges import Judge
-from .options import DEFAULT_STAGES, GREEDY, SearchOptions, derive_seed
+from .options import GREEDY, SearchOptions, derive_seed
 from .prompt import build_prompt
 
 MODES = ("greedy", "stage", "best_of_n", "sentence")
-
-
-# ----------------------------------------------------------------------------- answers
-
-_CONCLUSION = re.compile(r"<CONCLUSION>(.*?)(?:</CONCLUSION>|$)", re.S)
-
-
-def extract_conclusion(response: str, stage_start: str = "<CONCLUSION>", stage_end: str = "</CONCLUSION>") -> str:
-    """The text of the last conclusion stage (to the end when unclosed), or the whole response without one."""
-    pattern = _CONCLUSION if (stage_start, stage_end) == ("<CONCLUSION>", "</CONCLUSION>") else re.compile(
-        re.escape(stage_start) + r"(.*?)(?:" + re.escape(stage_end) + r"|$)", re.S)
-    found = pattern.findall(response)
-    return (found[-1] if found else response).strip()
-
-
-def match_option(text: str, options: Dict[str, str]) -> Tuple[Optional[str], str]:
-    """(letter, how) for the option `text` names: a bare letter, "option B"/"answer is B", "B." at the
-    start, an option's text, or a lone standalone letter; (None, "none") when unclear."""
-    letters = set(options)
-    t = text.strip()
-    m = re.fullmatch(r"[\(\[]?\s*([A-Z])\s*[\)\]]?[\.:]?", t)
-    if m and m.group(1) in letters:
-        return m.group(1), "letter"
-    found = [x for x in re.findall(r"(?:option|answer(?:\s+is)?|choice)\s*[:\-]?\s*[\(\[]?([A-Z])\b", t, re.I)
-             if x in letters]
-    if found:
-        return found[-1], "letter"
-    m = re.match(r"[\(\[]?([A-Z])[\)\]\.:]\s", t)
-    if m and m.group(1) in letters:
-        return m.group(1), "letter"
-    lower = t.lower()
-    hits = {k for k, v in options.items() if re.search(r"(?<!\w)" + re.escape(str(v).strip().lower()) + r"(?!\w)",
-                                                       lower)}
-    # drop options whose text is inside another hit's text ("red" inside "dark red")
-    hits = {k for k in hits if not any(k != o and str(options[k]).lower() in str(options[o]).lower() for o in hits)}
-    if len(hits) == 1:
-        return hits.pop(), "text"
-    standalone = {x for x in re.findall(r"(?<![\w'])([A-Z])(?![\w'])", t) if x in letters}
-    standalone -= {"A"} if re.search(r"(?<![\w'])A\s+[a-z]", t) else set()  # the article, not option A
-    if len(standalone) == 1:
-        return standalone.pop(), "letter"
-    return None, "none"
-
-
-_NAMED_LETTER = (re.compile(r"[\(\[]?\s*([A-Z])\s*[\)\]]?[\.:]?"),
-                 re.compile(r"(?:option|answer(?:\s+is)?|choice)\s*[:\-]?\s*[\(\[]?([A-Z])\b", re.I))
-
-
-def predict(response: str, options: Dict[str, str]) -> Tuple[Optional[str], str]:
-    """(letter, how) from the response's conclusion; a letter named plainly ("E", "the answer is E")
-    that is not among the options comes back as (letter, "not_an_option")."""
-    conclusion = extract_conclusion(response)
-    letter, how = match_option(conclusion, options)
-    if letter is None:
-        t = conclusion.strip()
-        bare = _NAMED_LETTER[0].fullmatch(t)
-        named = [bare.group(1)] if bare else _NAMED_LETTER[1].findall(t)
-        if named and named[-1] not in options:
-            return named[-1], "not_an_option"
-    return letter, how
 
 
 # ----------------------------------------------------------------------------- running
@@ -234,7 +174,7 @@ def _greedy(model, tokenizer, rows, todo, root, template, batch_size, max_new_to
     pixels = Pixels(image_size or image_size_of(args), device=device, dtype=dtype)
     prompts = {i: build_prompt(tokenizer, tsv_row_to_prompt(rows[i]).strip(), image_length=args.image_length,
                                template=template) for i in todo}
-    stop = StopCriteria(strings=(DEFAULT_STAGES[-1].end,))
+    stop = StopCriteria(strings=(CONCLUSION.end,))
     context = getattr(args, "max_sequence_length", None)
     fitting = []
     for i in todo:
@@ -292,7 +232,7 @@ def format_table(summary: dict, mode: str = "") -> str:
 # ----------------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_demo import add_model_args, add_search_args
+    from .model_args import add_model_args, add_search_args
     p = argparse.ArgumentParser(prog="python -m inference.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
@@ -313,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli_demo import judge_from_args, load_model, search_options_from_args
+    from .model_args import judge_from_args, load_model, search_options_from_args
     args = build_parser().parse_args(argv)
     if not os.path.isfile(args.data):
         print(f"error: {args.data}: no such file", file=sys.stderr)

@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
+from dataset.cot_format import stage_text
+
 from .options import StageSpec, derive_seed
 
 log = logging.getLogger(__name__)
@@ -140,13 +142,7 @@ REASONING_CHECK = (
 _HINTS = {"reasoning": ("CAPTION",), "conclusion": ("CAPTION", "REASONING")}
 
 
-def tag_content(text: str, stage: StageSpec) -> Optional[str]:
-    """The text between the stage's tags (to the end when the end tag is missing), None without a start tag."""
-    m = re.search(re.escape(stage.start) + r"(.*?)" + re.escape(stage.end), text, re.DOTALL)
-    if m:
-        return m.group(1)
-    i = text.find(stage.start)
-    return text[i + len(stage.start):] if i >= 0 else None
+tag_content = stage_text  # the stage's text in a reply: dataset.cot_format.stage_text
 
 
 def judged_texts(match: Match, a: Candidate, b: Candidate) -> Tuple[List[str], Optional[str]]:

@@ -9,6 +9,8 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
+from dataset.cot_format import DEFAULT_STAGES, StageSpec  # noqa: F401  (the format's home; re-exported)
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -49,20 +51,6 @@ OFFICIAL_DEMO_SAMPLING = SamplingOptions(temperature=0.8, top_p=0.4, top_k=1)
 REFERENCE_SAMPLING = SamplingOptions(temperature=0.6, top_p=0.9, top_k=0)
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    """One stage of the structured answer: its name and the tags around it."""
-    name: str
-    start: str
-    end: str
-
-    @classmethod
-    def tagged(cls, name: str) -> "StageSpec":
-        return cls(name, f"<{name}>", f"</{name}>")
-
-
-DEFAULT_STAGES: Tuple[StageSpec, ...] = tuple(StageSpec.tagged(n) for n in ("SUMMARY", "CAPTION", "REASONING",
-                                                                             "CONCLUSION"))
 SEARCH_MODES = ("stage", "best_of_n", "sentence")
 
 

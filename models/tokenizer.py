@@ -9,7 +9,9 @@ from typing import Iterable, List, Optional, Sequence, Union
 
 import sentencepiece as spm
 
-# LLaVA-CoT stage tags; the tiny tokenizer keeps each as one piece so the tiny model sees them whole.
+# The LLaVA-CoT stage tags, which the tiny tokenizer keeps as single pieces so the tiny model sees them
+# whole. The format itself lives in dataset.cot_format; models may not import dataset (layout rule), so
+# this is the tokenizer's own vocabulary list, and tests/test_cot_format.py checks it covers every tag.
 STAGE_TAGS = ("<SUMMARY>", "</SUMMARY>", "<CAPTION>", "</CAPTION>",
               "<REASONING>", "</REASONING>", "<CONCLUSION>", "</CONCLUSION>")
 
