@@ -80,6 +80,9 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
     p.add(g, "--tokenizer", metavar="PATH", help="tokenizer.model (default: the checkpoint's own, or the tiny one)")
 
     g = p.add_argument_group("data")
+    p.add(g, "--stage", default="sft", choices=["sft", "pretrain"],
+          help="sft: conversations, loss on the answers; pretrain: captions {image,text}, interleaved "
+               "{images,text with <image>}, plain {text} or conversations, every text token trained")
     p.add(g, "--train-data", nargs="+", metavar="FILE",
           help="training records, JSON/JSONL (default with run.sh: freshly generated synthetic data)")
     p.add(g, "--valid-data", nargs="+", metavar="FILE", help="records for the validation loss")

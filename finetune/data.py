@@ -13,21 +13,23 @@ FLOAT_KEYS = ("vision_image",)  # cast to the run's dtype (bf16/fp16) before the
 
 
 class DatasetFactory:
-    """`create_dataset_function(path, args)` for SAT: one `dataset.ItemDataset` per data file."""
+    """`create_dataset_function(path, args)` for SAT: one `dataset.ItemDataset` per data file
+    (`PretrainDataset` with stage "pretrain")."""
 
     def __init__(self, tokenizer, image_size, image_length: int, max_length: int, template: str,
-                 image_root=None, strict: bool = False, truncation: str = "cut", log=print):
+                 image_root=None, strict: bool = False, truncation: str = "cut", log=print, stage: str = "sft"):
         from dataset import ImageProcessor, TextProcessor
         self.image_processor = ImageProcessor(image_size)
         self.text_processor = TextProcessor(tokenizer, max_length=max_length, image_length=image_length,
                                             template=template, truncation=truncation)
-        self.image_root, self.strict, self.log = image_root, strict, log
+        self.image_root, self.strict, self.log, self.stage = image_root, strict, log, stage
 
     def __call__(self, path: str, args=None):
         """The dataset of `path`; its counts (kept, truncated, dropped, problems) go to the run's log."""
         from dataset import ItemDataset
-        ds = ItemDataset(self.image_processor, self.text_processor, args, path,
-                         image_root=self.image_root, strict=self.strict)
+        from dataset.pretrain_records import PretrainDataset
+        cls = PretrainDataset if self.stage == "pretrain" else ItemDataset
+        ds = cls(self.image_processor, self.text_processor, args, path, image_root=self.image_root, strict=self.strict)
         self.log(f"[data] {path}: {ds.summary()}")
         return ds
 

@@ -219,7 +219,8 @@ class Run:
         step = TrainStep(self.history, between, dtype=dtype, is_rank0=self.rank == 0)
         self.step = step
         factory = DatasetFactory(self.tokenizer, self.image_size, margs.image_length, self.max_length, self.template,
-                                 image_root=o.image_root, strict=o.strict_data, truncation=o.truncation, log=log)
+                                 image_root=o.image_root, strict=o.strict_data, truncation=o.truncation, log=log,
+                                 stage=o.stage)
         self.t_train = time.time()
         engine = training_main(margs, model_cls=self.model, forward_step_function=step,
                                create_dataset_function=factory, collate_fn=make_collator(self.tokenizer.pad_token_id),
