@@ -16,7 +16,7 @@ from .checkpoint import CheckpointError, check_keys, load_state_dict, save_check
 from .config import OFFICIAL_ARCHIVES, PRESETS, load_model_config
 from .eva import ImageMixin
 from .hf_config import is_hf_dir
-from .sat_build import build_transformer
+from .sat_build import build_transformer, rng_preserved
 from .vision_expert import VisionExpertAttentionMixin, VisionExpertMLPMixin
 
 
@@ -45,6 +45,10 @@ class CogVLMModel(BaseModel):
     """
 
     def __init__(self, args, transformer=None, params_dtype=torch.float, **kwargs):
+        with rng_preserved():  # the weights come from the torch RNG as it stands; every RNG is left as it was
+            self._build(args, transformer, params_dtype, **kwargs)
+
+    def _build(self, args, transformer, params_dtype, **kwargs) -> None:
         if transformer is None:
             transformer = build_transformer(args, params_dtype=params_dtype, layernorm=RMSNorm,
                                             activation_func=F.silu, init_method_std=0.01, **kwargs)

@@ -25,9 +25,11 @@ def tiny_config():
 
 @pytest.fixture
 def tiny_model(tiny_config):
-    """A random-weight cogvlm-tiny in eval mode, fp32 on CPU."""
+    """A random-weight cogvlm-tiny (torch seed 1234) in eval mode, fp32 on CPU."""
     from models.cogvlm import CogVLMModel
-    model = CogVLMModel(CogVLMModel.get_args(**tiny_config.to_dict()))
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        model = CogVLMModel(CogVLMModel.get_args(**tiny_config.to_dict()))
     return model.eval()
 
 
