@@ -43,6 +43,7 @@ setup(
             "cogcot-evaluate=inference.evaluate:main",
             "cogcot-synth=dataset.synth:main",
             "cogcot-inspect=dataset.inspect:main",
+            "cogcot-serve=inference.server:main",
         ]
     },
 )

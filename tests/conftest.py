@@ -112,3 +112,31 @@ def sat_dir(tmp_path, tiny_model, tiny_tokenizer):
     out = tiny_model.save_pretrained(tmp_path / "sat")
     shutil.copyfile(tiny_tokenizer.model_file, out / "tokenizer.model")
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory):
+    """`inference.server` on a real uvicorn at a free 127.0.0.1 port, serving a seeded random cogvlm-tiny
+    in float64 (so batched and one-at-a-time answers agree exactly), with an --image-root holding red.png.
+    Yields a namespace: url (…/v1), model_id, worker, model, tokenizer, template, image_root. Module-scoped:
+    the model loads once; tests must not change it."""
+    import argparse
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from inference.cli_demo import load_model
+    from inference.server import BackgroundServer, build_app
+    root = tmp_path_factory.mktemp("server_images")
+    Image.new("RGB", (40, 30), (220, 30, 30)).save(root / "red.png")
+    args = argparse.Namespace(from_pretrained="cogvlm-tiny", device="cpu", bf16=False, fp16=False, model_seed=1234,
+                              tokenizer=None, template=None)
+    with torch.random.fork_rng():
+        model, tokenizer, template = load_model(args)
+    model = model.double().eval()
+    app, worker = build_app(model, tokenizer, template, model_id="cogvlm-tiny", max_batch=8, image_root=str(root))
+    server = BackgroundServer(app)
+    yield SimpleNamespace(url=server.url, model_id="cogvlm-tiny", worker=worker, model=model, tokenizer=tokenizer,
+                          template=template, image_root=root)
+    server.close()
+    worker.stop()
