@@ -11,18 +11,12 @@ same way, to the mean log-probability comparison; the fallback is logged and mar
 """
 from __future__ import annotations
 
-import base64
-import io
-import json
 import logging
-import os
 import re
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
+from dataset.api_client import ApiClient, ApiError, EndpointDown, image_part, text_part
 from dataset.cot_format import stage_text
 
 from .options import StageSpec, derive_seed
@@ -213,6 +207,10 @@ class JudgeError(RuntimeError):
     """A judge backend failed (e.g. the API after all retries)."""
 
 
+class JudgeUnavailable(JudgeError):
+    """The judge backend is known to be down: judgments fall back at once (warned about once, elsewhere)."""
+
+
 class PromptJudge(Judge):
     """Judges by asking a model the LLaVA-CoT judge prompts; subclasses say how a prompt is answered.
 
@@ -255,7 +253,8 @@ class PromptJudge(Judge):
             raws = self.ask_many(first, [(judge_query(items[i][0], *texts[i]), True,
                                           derive_seed(items[i][0].seed, "judge")) for i in todo])
         except JudgeError as e:
-            log.warning("%s judge failed (%s); falling back to mean log-prob", self.name, e)
+            (log.debug if isinstance(e, JudgeUnavailable) else log.warning)(
+                "%s judge failed (%s); falling back to mean log-prob", self.name, e)
             return [v if v is not None else logprob_verdict(a, b, f"{self.name} judge failed ({e}); fell back to ",
                                                             "", True)
                     for v, (_, a, b) in zip(verdicts, items)]
@@ -286,70 +285,39 @@ class SelfJudge(PromptJudge):
 
 
 class ApiJudge(PromptJudge):
-    """An OpenAI-compatible chat-completions endpoint answers the judge prompts.
+    """An OpenAI-compatible chat-completions endpoint answers the judge prompts, through
+    `dataset.api_client` (the project's one HTTP client).
 
-    base_url: e.g. "https://api.openai.com/v1" (POST {base_url}/chat/completions); model: the model name;
-    the key is read from the environment variable `api_key_env` (no header when unset, for local servers).
-    Each request waits at most `timeout` seconds; transport errors, 429 and 5xx are retried `retries`
-    times with exponential backoff; after that the judgment falls back (logged).
+    base_url: e.g. "https://api.openai.com/v1"; model: the model name; the key is read from the
+    environment variable `api_key_env`. `timeout` is a deadline per request; 429 (Retry-After), 5xx and
+    transport errors are retried `retries` times with backoff; a judgment whose request fails falls back
+    (logged). After `down_after` failed requests in a row the endpoint is treated as down: every later
+    judgment falls back at once, marked, without a request (the client warns once).
     """
     name = "api"
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
                  retries: int = 3, backoff: float = 1.0, max_tokens: int = 256, temperature: float = 0.0,
-                 send_image: bool = True):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key_env, self.timeout = model, api_key_env, timeout
-        self.retries, self.backoff, self.max_tokens, self.temperature = retries, backoff, max_tokens, temperature
-        self.send_image = send_image
-        self.requests = 0
+                 send_image: bool = True, down_after: int = 3):
+        self.client = ApiClient(base_url, model, api_key_env=api_key_env, timeout=timeout, attempts=retries + 1,
+                                backoff=backoff, down_after=down_after)
+        self.max_tokens, self.temperature, self.send_image = max_tokens, temperature, send_image
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent so far (retries included)."""
+        return self.client.requests
 
     def ask(self, match: Match, query: str, with_image: bool, seed: int) -> str:
-        content = [{"type": "text", "text": query}]
+        content = [text_part(query)]
         if with_image and self.send_image and match.image is not None:
-            content.append({"type": "image_url", "image_url": {"url": _data_url(match.image)}})
-        body = {"model": self.model, "messages": [{"role": "user", "content": content}],
-                "max_tokens": self.max_tokens, "temperature": self.temperature, "seed": seed % (2 ** 31)}
-        return self._post(body)
-
-    def _post(self, body: dict) -> str:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(body).encode("utf-8")
-        last = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            self.requests += 1
-            try:
-                req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
-                return _message_text(payload)
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code} from {self.url}"
-                if e.code != 429 and e.code < 500:
-                    raise JudgeError(last) from None
-            except (urllib.error.URLError, TimeoutError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                raise JudgeError(f"unexpected response from {self.url}: {e}") from None
-        raise JudgeError(f"{last} (after {self.retries + 1} attempts)")
-
-
-def _message_text(payload: dict) -> str:
-    content = payload["choices"][0]["message"]["content"]
-    if isinstance(content, list):  # content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return str(content)
-
-
-def _data_url(image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            content.append(image_part(match.image))
+        try:
+            return self.client.chat(content, max_tokens=self.max_tokens, temperature=self.temperature, seed=seed).text
+        except EndpointDown as e:
+            raise JudgeUnavailable(str(e)) from None
+        except ApiError as e:
+            raise JudgeError(str(e)) from None
 
 
 JUDGES = ("self", "logprob", "api")

@@ -1,9 +1,6 @@
 """inference.judges: logprob picks the higher mean log-probability, verdict parsing, the self judge's
 deterministic fallback and reasoning check, the API judge against a local stub server."""
-import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -11,6 +8,7 @@ from PIL import Image
 from inference.judges import (ApiJudge, Candidate, LogprobJudge, Match, SelfJudge, judge_query, judged_texts,
                               make_judge, parse_verdict)
 from inference.options import DEFAULT_STAGES
+from tests.fake_openai import FakeOpenAI, hang, reply, status
 
 STAGES = {s.name: s for s in DEFAULT_STAGES}
 
@@ -108,77 +106,58 @@ def test_judged_texts_follow_the_reference():
     assert "Hint about the Question: the hint" in q and "Question: How many circles?" in q
 
 
-class _Stub(BaseHTTPRequestHandler):
-    """Answers POST /v1/chat/completions from the server's `script` (status, body, delay) list."""
-
-    def do_POST(self):
-        server = self.server
-        length = int(self.headers["Content-Length"])
-        server.seen.append((self.path, dict(self.headers), json.loads(self.rfile.read(length))))
-        status, content, delay = server.script.pop(0) if server.script else (500, None, 0)
-        if delay:
-            threading.Event().wait(delay)
-        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def stub_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    server.seen, server.script = [], []
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def fake():
+    with FakeOpenAI() as server:
+        yield server
 
 
-def test_api_judge_asks_the_endpoint_and_retries(stub_server, monkeypatch):
+def test_api_judge_asks_the_endpoint_and_retries(fake, monkeypatch):
     monkeypatch.setenv("COGCOT_TEST_KEY", "sk-test")
-    stub_server.script = [(503, None, 0), (200, "Since it is more thorough, I choose response 2.", 0)]
-    base = f"http://127.0.0.1:{stub_server.server_address[1]}/v1"
-    judge = make_judge("api", base_url=base, model="judge-model", api_key_env="COGCOT_TEST_KEY", timeout=5,
+    fake.script = [status(503), reply("Since it is more thorough, I choose response 2.")]
+    judge = make_judge("api", base_url=fake.base_url, model="judge-model", api_key_env="COGCOT_TEST_KEY", timeout=5,
                        retries=2, backoff=0.01)
     image = Image.new("RGB", (8, 8), (255, 0, 0))
     verdict = judge(_match("caption", image=image), _cand(0, "<CAPTION> a </CAPTION>", [-1.0]),
                     _cand(1, "<CAPTION> b </CAPTION>", [-5.0]))
     assert verdict.winner == 1 and verdict.reason == "it is more thorough" and not verdict.fallback
-    assert len(stub_server.seen) == 2 and judge.requests == 2  # one retry after the 503
-    path, headers, body = stub_server.seen[-1]
-    assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-test"
+    assert len(fake.requests) == 2 and judge.requests == 2  # one retry after the 503
+    path, headers, body = fake.requests[-1]
+    assert path == "/v1/chat/completions" and headers["authorization"] == "Bearer sk-test"
     assert body["model"] == "judge-model" and body["messages"][0]["role"] == "user"
     text, img = body["messages"][0]["content"]
     assert "Response 1: a\nResponse 2: b" in text["text"]
     assert img["image_url"]["url"].startswith("data:image/png;base64,")
 
 
-def test_api_judge_failures_fall_back_after_bounded_retries(stub_server, monkeypatch):
+def test_api_judge_failures_fall_back_after_bounded_retries(fake, monkeypatch):
     monkeypatch.delenv("COGCOT_TEST_KEY", raising=False)
-    base = f"http://127.0.0.1:{stub_server.server_address[1]}/v1"
-    stub_server.script = [(500, None, 0)] * 5
-    judge = ApiJudge(base, "m", api_key_env="COGCOT_TEST_KEY", timeout=5, retries=2, backoff=0.01)
+    fake.script = [status(500)] * 3
+    judge = ApiJudge(fake.base_url, "m", api_key_env="COGCOT_TEST_KEY", timeout=5, retries=2, backoff=0.01)
     verdict = judge(_match("all"), _cand(0, "x", [-3.0]), _cand(1, "y", [-1.0]))
     assert verdict.fallback and verdict.winner == 1 and "HTTP 500" in verdict.reason
-    assert len(stub_server.seen) == 3 and "Authorization" not in stub_server.seen[0][1]
+    assert len(fake.requests) == 3 and "sk-" not in fake.requests[0][1].get("authorization", "")
     # a client error is not retried; a slow server times out
-    stub_server.seen.clear()
-    stub_server.script = [(401, None, 0), (200, "I choose response 1", 0.6), (200, "I choose response 1", 0.6)]
+    fake.requests.clear()
+    fake.script = [status(401), hang(0.6), hang(0.6)]
     assert judge(_match("all"), _cand(0, "x", [-3.0]), _cand(1, "y", [-1.0])).fallback
-    assert len(stub_server.seen) == 1
-    slow = ApiJudge(base, "m", timeout=0.2, retries=1, backoff=0.0)
+    assert len(fake.requests) == 1
+    slow = ApiJudge(fake.base_url, "m", timeout=0.2, retries=1, backoff=0.0)
     verdict = slow(_match("all"), _cand(0, "x", [-3.0]), _cand(1, "y", [-1.0]))
-    assert verdict.fallback and "attempts" in verdict.reason and len(stub_server.seen) == 3
+    assert verdict.fallback and "attempts" in verdict.reason and len(fake.requests) == 3
+
+
+def test_api_judge_endpoint_down_falls_back_at_once_with_one_warning(fake, caplog):
+    """A dead endpoint: after `down_after` failed judgments, every later one falls back without a request."""
+    fake.responder = lambda body: status(500)
+    judge = ApiJudge(fake.base_url, "m", timeout=1, retries=1, backoff=0.0, down_after=2)
+    with caplog.at_level(logging.WARNING):
+        verdicts = [judge(_match("all"), _cand(0, "x", [-3.0]), _cand(1, "y", [-1.0])) for _ in range(6)]
+    assert len(fake.requests) == 4  # 2 judgments x 2 attempts, then none
+    assert all(v.fallback and v.winner == 1 for v in verdicts)
+    assert all("is down" in v.reason for v in verdicts[2:]) and "is down" not in verdicts[0].reason
+    assert sum("treated as down" in r.getMessage() for r in caplog.records) == 1
+    assert sum("judge failed" in r.getMessage() for r in caplog.records) == 2  # the two real failures only
 
 
 def test_make_judge_names():
