@@ -1,4 +1,4 @@
-"""What `inference.evaluate` reads and writes: the VLMEvalKit-style TSV (rows, options, images) and the
+"""What `inference.evaluate` reads and writes: the VLMEvalKit-style TSV (read by `dataset.vqa_tsv`) and the
 `--out` file.
 
 The `--out` file holds one JSON record per question, appended as soon as the question is finished,
@@ -11,95 +11,27 @@ in the file is thrown away silently). Records of rows outside this run (e.g. an 
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
-import sys
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, Iterable, List, Optional
 
-from dataset.records import resolve_under_root
+from dataset.vqa_tsv import (RowImageError, TsvError, check_tsv, index_of, load_row_image, read_tsv,  # noqa: F401
+                             row_options, row_problem)
 
-from .image import ImageLoadError, image_from_base64, open_image
-
-
-class EvalDataError(ValueError):
-    """Evaluation input that cannot be used as a whole (a TSV without rows or columns, a foreign --out)."""
+from .image import ImageLoadError
 
 
-# ----------------------------------------------------------------------------- the TSV
-
-def read_tsv(path: Union[str, os.PathLike], limit: Optional[int] = None) -> List[Dict[str, str]]:
-    """Rows of a VLMEvalKit TSV as dicts (header line first; `image` is base64, or `image_path` a file).
-
-    EvalDataError when there are no rows, no `question` or `answer` column, or an index twice.
-    """
-    rows = _read_rows(path, whole=True)
-    seen = set()
-    for i, row in enumerate(rows):
-        key = index_of(row.get("index", i))
-        if key in seen:
-            raise EvalDataError(f"{path}: index {key} appears twice (records and resuming go by index)")
-        seen.add(key)
-    return rows[:limit] if limit is not None else rows
-
-
-def check_tsv(path: Union[str, os.PathLike]) -> None:
-    """The header and first row only (cheap, before a model is loaded): EvalDataError if unusable."""
-    _read_rows(path, whole=False)
-
-
-def _read_rows(path, whole: bool) -> List[Dict[str, str]]:
-    csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        rows = list(reader) if whole else [row for _, row in zip(range(1), reader)]
-        columns = list(reader.fieldnames or [])
-    if not columns:
-        raise EvalDataError(f"{path}: empty file (expected a header line, then one row per question)")
-    for needed in ("question", "answer"):
-        if needed not in columns:
-            raise EvalDataError(f"{path}: no '{needed}' column (columns: {', '.join(columns)})")
-    if not rows:
-        raise EvalDataError(f"{path}: no rows after the header line")
-    return rows
-
-
-def row_options(row: Dict[str, str]) -> Dict[str, str]:
-    """{letter: option text} for the non-empty single-capital-letter columns."""
-    return {k: v for k, v in row.items() if k is not None and len(k) == 1 and k.isupper() and v is not None
-            and str(v).strip() and str(v).lower() != "nan"}
-
-
-def row_problem(row: Dict[str, str]) -> Optional[str]:
-    """Why a row cannot be scored (no options, an answer that is not one of them), or None."""
-    options = row_options(row)
-    if not options:
-        return "no options (the single-letter columns A, B, ... are empty or missing)"
-    answer = (row.get("answer") or "").strip()
-    if answer not in options:
-        return f"answer {answer!r} is not one of the row's options ({', '.join(sorted(options))})"
-    return None
+# The TSV is read by `dataset.vqa_tsv` (the teacher reads it too); evaluation raises its error type
+# for the --out file as well.
+EvalDataError = TsvError
 
 
 def row_image(row: Dict[str, str], image_root: str):
     """The row's image: base64 in `image`, or `image_path` under `image_root` (never outside it)."""
-    if row.get("image"):
-        return image_from_base64(row["image"])
-    if row.get("image_path"):
-        try:
-            path = resolve_under_root(row["image_path"], image_root)
-        except ValueError as e:
-            raise ImageLoadError(str(e)) from None
-        return open_image(path)
-    raise ImageLoadError("no image or image_path")
-
-
-def index_of(value):
-    """A row's `index` as an int when it is one (as records store it), else as written."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        return value
+        return load_row_image(row, image_root)
+    except RowImageError as e:
+        raise ImageLoadError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- the --out records
