@@ -34,7 +34,8 @@ class DataCollator:
     Returns input_ids, labels, position_ids, image_embed_mask, vision_expert_mask, image_rope_mask,
     segment_ids [B, n] (long); attention_mask [B,1,n,n] (bool); lengths, context_length, num_images,
     truncated [B]; vision_image [B_img,3,H,W], vision_input_ids / vision_attention_mask [B_img,1]
-    when the batch has images; question_id (list). Images are in sample order, then marker order.
+    when the batch has images; loss_weights [B, n] (float) when the samples carry per-stage loss
+    weights; question_id (list). Images are in sample order, then marker order.
     """
 
     def __init__(self, pad_token_id: int = 0, pad_to_multiple_of: Optional[int] = None):
@@ -57,12 +58,17 @@ class DataCollator:
             batch[key] = out
         batch["attention_mask"] = attention_mask_from_segments(batch["segment_ids"])
         batch["lengths"] = torch.tensor(lengths, dtype=torch.long)
+        if all("loss_weights" in ex for ex in examples):  # per-stage loss weights (float; padding 0)
+            weights = torch.zeros(len(tokens), n)  # [B, n]
+            for row, ex in enumerate(examples):
+                weights[row, :lengths[row]] = torch.as_tensor(ex["loss_weights"], dtype=torch.float)
+            batch["loss_weights"] = weights
         for key in _INT_KEYS:
             if all(key in ex for ex in examples):
                 batch[key] = torch.tensor([int(ex[key]) for ex in examples], dtype=torch.long)
         batch.update(self._vision(examples, tokens))
         for key in examples[0]:
-            if key not in batch and key not in TOKEN_KEYS and key != "vision":
+            if key not in batch and key not in TOKEN_KEYS and key not in ("vision", "loss_weights"):
                 batch[key] = [ex.get(key) for ex in examples]  # ids and other per-sample extras
         return batch
 

@@ -2,7 +2,8 @@
 
 Prints record and image counts (with the conversions decoding made: 16-bit scaled, EXIF orientation,
 transparency), a token-length histogram (what max_length would cut or drop), one sample's training
-text with its trained parts between ⟦ ⟧, and every problem with file and line.
+text with its trained parts between ⟦ ⟧ (with `--stage-loss-weights`, each part's weight after it), and
+every problem with file and line.
 Exit status 0 when clean, 1 when any problem was found (an empty data file is one).
 """
 from __future__ import annotations
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-on", default="all", choices=("all", "last"))
     p.add_argument("--truncation", default="cut", choices=TRUNCATION,
                    help="a sample longer than --max-length is cut at the end (no EOS at the cut) or dropped")
+    p.add_argument("--stage-loss-weights", default=None, metavar="STAGE=W,...",
+                   help="per-stage loss weights as finetune takes them (SUMMARY=0.5,...,CONCLUSION=2): the shown "
+                        "sample marks each trained part with its weight")
     p.add_argument("--show", type=int, default=0, help="index of the sample whose training text is shown")
     p.add_argument("--no-decode", action="store_true", help="skip decoding images (only check they exist)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression bomb limit")
@@ -61,10 +65,12 @@ def histogram(lengths: Sequence[int], max_length: int, bins: int = 10, width: in
     return lines
 
 
-def render(enc: Encoded, tokenizer) -> str:
-    """Training text: image spans as <image: n tokens>, BOS/EOS by name, trained parts in ⟦ ⟧."""
+def render(enc: Encoded, tokenizer, weighted: bool = False) -> str:
+    """Training text: image spans as <image: n tokens>, BOS/EOS by name, trained parts in ⟦ ⟧; with
+    `weighted`, trained parts are split where the per-stage loss weight changes, each followed by ×w."""
     specials = {tokenizer.bos_token_id: "<s>", tokenizer.eos_token_id: "</s>"}
     span_end = dict(enc.image_spans)  # BOI index -> EOI index
+    weights = enc.loss_weights() if weighted else [1.0] * len(enc)
     out, i = [], 0
     while i < len(enc):
         if i in span_end:
@@ -72,12 +78,33 @@ def render(enc: Encoded, tokenizer) -> str:
             i = span_end[i] + 1
             continue
         trained, j = enc.labels[i] != IGNORE_INDEX, i
-        while j < len(enc) and j not in span_end and (enc.labels[j] != IGNORE_INDEX) == trained:
+        while (j < len(enc) and j not in span_end and (enc.labels[j] != IGNORE_INDEX) == trained
+               and (not trained or weights[j] == weights[i])):
             j += 1
         text = _decode(enc.input_ids[i:j], tokenizer, specials)
-        out.append(f"{OPEN}{text}{CLOSE}" if trained else text)
+        if trained:
+            out.append(f"{OPEN}{text}{CLOSE}" + (f"×{weights[i]:g}" if weighted else ""))
+        else:
+            out.append(text)
         i = j
     return " ".join(out)
+
+
+def stage_weight_counts(enc: Encoded, weights) -> str:
+    """'SUMMARY=0.5 (9 tokens), ..., other=1 (2 tokens)': each stage's weight and its trained tokens."""
+    from .stage_weights import STAGE_NAMES
+    counts = dict.fromkeys(STAGE_NAMES, 0)
+    other = 0
+    stages = enc.token_stages()
+    for i, label in enumerate(enc.labels):
+        if label == IGNORE_INDEX:
+            continue
+        name = stages[i]
+        if name is None:
+            other += 1
+        else:
+            counts[name] += 1
+    return ", ".join([f"{n}={weights[n]:g} ({counts[n]} tokens)" for n in STAGE_NAMES] + [f"other=1 ({other} tokens)"])
 
 
 def _decode(ids: Sequence[int], tokenizer, specials) -> str:
@@ -99,10 +126,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from models.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(args.tokenizer)
+    from .stage_weights import parse_stage_weights
+    try:
+        stage_weights = parse_stage_weights(args.stage_loss_weights)
+    except ValueError as e:
+        print(f"--stage-loss-weights: {e}")
+        return 2
     full = TextProcessor(tokenizer, max_length=None, image_length=args.image_length, template=args.template,
                          loss_on=args.loss_on)
     fitted = TextProcessor(tokenizer, max_length=args.max_length, image_length=args.image_length,
-                           template=args.template, loss_on=args.loss_on, truncation=args.truncation)
+                           template=args.template, loss_on=args.loss_on, truncation=args.truncation,
+                           stage_weights=stage_weights)
     logging.getLogger("cogcot.dataset").setLevel(logging.ERROR)  # we print every problem ourselves
     try:
         ds = ItemDataset(None, full, None, args.data, image_root=args.image_root, strict=args.strict,
@@ -154,7 +188,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   + (" (truncated: cut at the end, no EOS trained at the cut)" if cut else ""))
         show = min(max(args.show, 0), len(samples) - 1)
         if samples[show] is not None:
-            print(f"\nsample {show} ({ds.data[show].id}) as trained, {OPEN}trained{CLOSE}:\n{render(samples[show], tokenizer)}")
+            weighted = stage_weights is not None
+            how = f"{OPEN}trained{CLOSE}" + ("×loss weight" if weighted else "")
+            print(f"\nsample {show} ({ds.data[show].id}) as trained, {how}:\n{render(samples[show], tokenizer, weighted)}")
+            if weighted:
+                print("per-stage loss weights: " + stage_weight_counts(samples[show], stage_weights))
     print(f"\n{len(problems)} problem(s)" + (":" if problems else ""))
     for p in problems:
         print(f"  {p}")

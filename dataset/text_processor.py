@@ -51,6 +51,25 @@ class Encoded:
     image_spans: List[Tuple[int, int]] = field(default_factory=list)
     context_length: int = 0
     truncated: int = 0
+    # Per-stage loss weights of trained answer texts: (index of the text's first token, each token's stage
+    # or None, each token's weight).
+    weight_runs: List[Tuple[int, List[Optional[str]], List[float]]] = field(default_factory=list)
+
+    def loss_weights(self) -> List[float]:
+        """One weight per token: the stage weight of answer tokens, 1 elsewhere (only labelled ones count)."""
+        out = [1.0] * len(self.input_ids)
+        for start, _, weights in self.weight_runs:
+            for k, w in enumerate(weights[:max(0, len(out) - start)]):
+                out[start + k] = w
+        return out
+
+    def token_stages(self) -> List[Optional[str]]:
+        """The stage of each token (None outside the stages and outside weighted answers)."""
+        out: List[Optional[str]] = [None] * len(self.input_ids)
+        for start, stages, _ in self.weight_runs:
+            for k, name in enumerate(stages[:max(0, len(out) - start)]):
+                out[start + k] = name
+        return out
 
     def add_tokens(self, ids: Sequence[int], trained: bool) -> None:
         n, start = len(ids), (self.position_ids[-1] + 1 if self.position_ids else 0)
@@ -83,11 +102,14 @@ class TextProcessor:
     max_length (tokens incl. image spans; None = no limit), image_length (tokens per image, = ViT
     patches), template (base/chat/vqa/chat_old), loss_on ("all" assistant turns or only the "last"),
     truncation: a longer sample is "cut" at max_length (no EOS at the cut; never inside an image span)
-    or "drop"ped (`SampleDropped`, which ItemDataset counts and skips).
+    or "drop"ped (`SampleDropped`, which ItemDataset counts and skips). stage_weights: {stage: weight}
+    (`dataset.stage_weights.parse_stage_weights`) adds a float `loss_weights` per token: each trained
+    answer token weighs its stage's weight, every other token 1.
     """
 
     def __init__(self, tokenizer, max_length: Optional[int] = 2048, image_length: int = None,
-                 template: str = "chat_old", loss_on: str = "all", truncation: str = "cut"):
+                 template: str = "chat_old", loss_on: str = "all", truncation: str = "cut",
+                 stage_weights: Optional[Dict[str, float]] = None):
         if image_length is None or image_length < 1:
             raise ValueError("image_length (tokens per image = ViT patches, e.g. 1225 at 490 px) is required")
         if template not in TEMPLATES:
@@ -99,6 +121,7 @@ class TextProcessor:
         self.tokenizer, self.max_length, self.image_length = tokenizer, max_length, image_length
         self.template_name, self.template, self.loss_on = template, TEMPLATES[template], loss_on
         self.truncation = truncation
+        self.stage_weights = dict(stage_weights) if stage_weights else None
 
     # -- public API ------------------------------------------------------------------------------
     def __call__(self, answer: str, query: str = "") -> Dict[str, object]:
@@ -146,6 +169,8 @@ class TextProcessor:
         out["context_length"] = enc.context_length
         out["num_images"] = len(enc.image_spans)
         out["truncated"] = enc.truncated
+        if self.stage_weights is not None:
+            out["loss_weights"] = torch.tensor(enc.loss_weights(), dtype=torch.float)
         return out
 
     # -- layout ----------------------------------------------------------------------------------
@@ -174,7 +199,13 @@ class TextProcessor:
 
     def _add_text(self, enc: Encoded, text: str, trained: bool) -> None:
         if text:
-            enc.add_tokens(self.tokenizer.encode(text, add_special_tokens=False), trained)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            if trained and self.stage_weights is not None:
+                from .stage_weights import token_stages
+                stages = token_stages(self.tokenizer, ids)
+                weights = [1.0 if name is None else float(self.stage_weights[name]) for name in stages]
+                enc.weight_runs.append((len(enc), stages, weights))
+            enc.add_tokens(ids, trained)
 
     def _raw_prompt(self, prompt: str) -> Encoded:
         """`<EOI>`-separated prompt: an image span before every piece after the first."""

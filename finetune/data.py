@@ -17,11 +17,12 @@ class DatasetFactory:
     (`PretrainDataset` with stage "pretrain")."""
 
     def __init__(self, tokenizer, image_size, image_length: int, max_length: int, template: str,
-                 image_root=None, strict: bool = False, truncation: str = "cut", log=print, stage: str = "sft"):
+                 image_root=None, strict: bool = False, truncation: str = "cut", log=print, stage: str = "sft",
+                 stage_weights=None):
         from dataset import ImageProcessor, TextProcessor
         self.image_processor = ImageProcessor(image_size)
         self.text_processor = TextProcessor(tokenizer, max_length=max_length, image_length=image_length,
-                                            template=template, truncation=truncation)
+                                            template=template, truncation=truncation, stage_weights=stage_weights)
         self.image_root, self.strict, self.log, self.stage = image_root, strict, log, stage
 
     def __call__(self, path: str, args=None):

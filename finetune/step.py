@@ -25,13 +25,21 @@ IGNORE_INDEX = -100
 
 # ----------------------------------------------------------------------------- loss
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor):
-    """(sum of next-token cross-entropy over labelled tokens, their count). logits [B, n, V], labels [B, n]."""
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None):
+    """(sum of next-token cross-entropy over labelled tokens, their count). logits [B, n, V], labels [B, n].
+
+    With per-token `weights` [B, n] (per-stage loss weights) it is (sum of w * cross-entropy, sum of w)
+    over the labelled tokens, so that the mean loss is the weighted mean; both go through the same sum,
+    so all-ones weights give exactly the two numbers of no weights."""
     shift_logits = logits[:, :-1].float()  # position t predicts token t + 1: [B, n-1, V]
-    shift_labels = labels[:, 1:]  # [B, n-1]
-    loss_sum = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum, (shift_labels != IGNORE_INDEX).sum()
+    shift_labels = labels[:, 1:].reshape(-1)  # [B * (n-1)]
+    per_token = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels,
+                                ignore_index=IGNORE_INDEX, reduction="none")  # [B * (n-1)], 0 where ignored
+    labelled = shift_labels != IGNORE_INDEX
+    if weights is None:
+        return per_token[labelled].sum(), labelled.sum()
+    w = weights[:, 1:].reshape(-1).to(per_token.dtype)[labelled]  # the weight of each predicted token
+    return (per_token[labelled] * w).sum(), w.sum()
 
 
 def data_parallel_group():
@@ -210,7 +218,8 @@ class TrainStep:
         timers("batch generator").stop()
         inputs, labels = split_batch(batch, next(model.parameters()).device, self.dtype)
         logits = model(**inputs)[0]
-        loss_sum, count = token_loss(logits, labels)
+        weights = batch.get("loss_weights")  # per-stage loss weights, when the run has them
+        loss_sum, count = token_loss(logits, labels, None if weights is None else weights.to(logits.device))
         world = torch.distributed.get_world_size(group=data_parallel_group()) if torch.distributed.is_initialized() else 1
         totals = global_sums([loss_sum.item(), count.item(), float(batch["lengths"].sum()), float(labels.shape[0])],
                              logits.device).tolist()
