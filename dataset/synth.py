@@ -79,7 +79,8 @@ from PIL import Image
 # names are re-exported here, where users have always found them.
 from .cot_format import LETTERS, format_options, four_stage, tsv_row_to_prompt  # noqa: F401
 from .synth_items import (CATEGORIES, DEFAULT_OPTION_ORDER, MAX_ANSWER, NUMBER_OPTIONS, OPTION_ORDERS,  # noqa: F401
-                          Item, _check_option_order, make_item)
+                          ANSWER_STYLES, DEFAULT_ANSWER_STYLE, Item, _check_option_order, check_answer_style,
+                          make_item)
 from .synth_scene import (AXIS_COLOR, BACKGROUND, COLORS, DEFAULT_IMAGE_SIZE, MAX_OBJECTS, MIN_IMAGE_SIZE,  # noqa: F401
                           PALETTE, SHAPE_DISTRACTOR, SHAPES)
 
@@ -134,7 +135,8 @@ def _check_categories(categories: Optional[Sequence[str]]) -> List[str]:
 
 def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Optional[int] = None,
              image_size: int = DEFAULT_IMAGE_SIZE, categories: Optional[Sequence[str]] = None,
-             option_order: str = DEFAULT_OPTION_ORDER, *, progress: bool = True) -> Dict[str, Path]:
+             option_order: str = DEFAULT_OPTION_ORDER, answer_style: str = DEFAULT_ANSWER_STYLE, *,
+             progress: bool = True) -> Dict[str, Path]:
     """Write `n` training and `n_test` held-out items into `out_dir` (see the module docstring).
 
     Item i of a split has category ``categories[i % len(categories)]`` and is drawn from
@@ -148,6 +150,7 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
         raise ValueError(f"n_test must be >= 0, got {n_test}")
     cats = _check_categories(categories)
     _check_option_order(option_order)  # before any file is written
+    check_answer_style(answer_style)
     out = Path(out_dir)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -159,7 +162,8 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
     try:
         with open(paths["train"], "w", encoding="utf-8", newline="\n") as f:
             for i in range(n):
-                item = make_item(item_rng(seed, "train", i), cats[i % len(cats)], image_size, option_order)
+                item = make_item(item_rng(seed, "train", i), cats[i % len(cats)], image_size, option_order,
+                                 answer_style)
                 item_id = f"synth-{i + 1:06d}"
                 (images / f"{item_id}.png").write_bytes(png_bytes(item.image))
                 f.write(json.dumps(_record(item_id, f"images/{item_id}.png", item), ensure_ascii=False) + "\n")
@@ -169,7 +173,8 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
             tsv = csv.writer(ft, delimiter="\t", lineterminator="\n")
             tsv.writerow(TSV_COLUMNS)
             for j in range(n_test):
-                item = make_item(item_rng(seed, "test", j), cats[j % len(cats)], image_size, option_order)
+                item = make_item(item_rng(seed, "test", j), cats[j % len(cats)], image_size, option_order,
+                                 answer_style)
                 item_id = f"synth-test-{j + 1:06d}"
                 data = png_bytes(item.image)
                 (images / f"{item_id}.png").write_bytes(data)
@@ -232,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "follow its bars), so a letter stands for one value; shuffled: random distractors "
                         "at random letters, so the letter must be looked up in the prompt "
                         f"(default: {DEFAULT_OPTION_ORDER})")
+    p.add_argument("--answer-style", choices=ANSWER_STYLES, default=DEFAULT_ANSWER_STYLE,
+                   help="tagged: the four LLaVA-CoT stages; plain: the same summary, caption and reasoning as plain "
+                        "text without tags (ending 'So the answer is X, option L.'); direct: the conclusion stage "
+                        f"alone, '<CONCLUSION> L </CONCLUSION>' (default: {DEFAULT_ANSWER_STYLE}). Images, options "
+                        "and letters are the same in every style")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -241,6 +251,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         paths = generate(args.out, args.n, args.seed, n_test=args.n_test, image_size=args.image_size,
                          categories=args.categories, option_order=args.option_order,
+                         answer_style=args.answer_style,
                          progress=not args.no_progress)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

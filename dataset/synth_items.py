@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from .cot_format import LETTERS, four_stage, tsv_row_to_prompt
+from .cot_format import CONCLUSION, LETTERS, four_stage, tsv_row_to_prompt
 from .synth_scene import (COLORS, DEFAULT_IMAGE_SIZE, MAX_OBJECTS, PALETTE, AXIS_COLOR, SHAPE_DISTRACTOR, SHAPES,
                           _Canvas, _center, _describe, _join, _mixed_objects, _obj, _place, _single_object_scene)
 
@@ -24,6 +24,31 @@ OPTION_ORDERS: Tuple[str, ...] = ("fixed", "shuffled")
 DEFAULT_OPTION_ORDER = "fixed"
 NUMBER_OPTIONS: Tuple[str, ...] = tuple(str(v) for v in range(MAX_ANSWER + 1))
 
+# How the answer is written (the same reasoning three ways, for the ablation of what the stages buy):
+# "tagged": the four LLaVA-CoT stages; "plain": summary, caption and reasoning as one plain text without
+# tags (its last sentence names the option: "So the answer is red, option A."); "direct": the conclusion
+# stage alone ("<CONCLUSION> A </CONCLUSION>").
+ANSWER_STYLES: Tuple[str, ...] = ("tagged", "plain", "direct")
+DEFAULT_ANSWER_STYLE = "tagged"
+
+
+@dataclass(frozen=True)
+class _Stages:
+    """The four stage texts of one answer, before they are written in an answer style."""
+    summary: str
+    caption: str
+    reasoning: str
+    conclusion: str
+
+    def write(self, style: str) -> str:
+        if style == "tagged":
+            return four_stage(self.summary, self.caption, self.reasoning, self.conclusion)
+        if style == "plain":
+            return f"{self.summary} {self.caption} {self.reasoning}"
+        if style == "direct":
+            return f"{CONCLUSION.start} {self.conclusion} {CONCLUSION.end}"
+        raise ValueError(f"unknown answer style {style!r}; choose from {', '.join(ANSWER_STYLES)}")
+
 
 @dataclass
 class Item:
@@ -32,7 +57,7 @@ class Item:
     question: str
     options: List[str]
     answer: str  # the correct letter
-    text: str  # the four-stage answer
+    text: str  # the answer, in the item's answer style (the four stages by default)
     category: str
     scene: Dict[str, Any] = field(default_factory=dict)
 
@@ -89,7 +114,7 @@ def _conclude(value: str, letter: str) -> str:
 def _item_color(rng: random.Random, canvas: _Canvas, order: str) -> Tuple[str, str, List[str], str, Dict[str, Any]]:
     o = _single_object_scene(rng, canvas)
     options, letter = _options(rng, o["color"], COLORS, order)
-    text = four_stage(
+    text = _Stages(
         "I will find the color of the shape.",
         f"The image shows one {o['color']} {o['shape']}.",
         f"The {o['shape']} is {o['color']}. {_conclude(o['color'], letter)}",
@@ -100,7 +125,7 @@ def _item_color(rng: random.Random, canvas: _Canvas, order: str) -> Tuple[str, s
 def _item_shape(rng: random.Random, canvas: _Canvas, order: str):
     o = _single_object_scene(rng, canvas)
     options, letter = _options(rng, o["shape"], SHAPES + (SHAPE_DISTRACTOR,), order)
-    text = four_stage(
+    text = _Stages(
         "I will find the kind of shape.",
         f"The image shows one {o['color']} {o['shape']}.",
         f"The {o['color']} shape is a {o['shape']}. {_conclude(o['shape'], letter)}",
@@ -126,7 +151,7 @@ def _item_position(rng: random.Random, canvas: _Canvas, order: str):
         o = _obj(shape, color, x, y, s)
         options, letter = _options(rng, where, ("left", "right", "top", "bottom"), order)
         side = f"on the {where}" if where in ("left", "right") else f"at the {where}"
-        text = four_stage(
+        text = _Stages(
             "I will find where the shape is.",
             f"The image shows one {color} {shape} {side}.",
             f"The {color} {shape} is {side} of the image. {_conclude(where, letter)}",
@@ -158,7 +183,7 @@ def _item_position(rng: random.Random, canvas: _Canvas, order: str):
     name_a, name_b = f"{color_a} {shape_a}", f"{color_b} {shape_b}"
     options, letter = _options(rng, rel, ("left", "right", "above", "below"), order)
     phrase = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}[rel]
-    text = four_stage(
+    text = _Stages(
         "I will compare where the two shapes are.",
         f"The image shows {_describe([a, b])}.",
         f"The {name_a} is {phrase} the {name_b}. {_conclude(rel, letter)}",
@@ -194,7 +219,7 @@ def _item_count(rng: random.Random, canvas: _Canvas, order: str):
         steps = f"No shape is {'a ' + value if attr == 'shape' else value}, so the count is 0."
     else:
         steps = f"The {summary_what} are {_describe(hits)}. That makes {k}."
-    text = four_stage(
+    text = _Stages(
         f"I will count the {summary_what}.",
         f"The image shows {_describe(objs)}.",
         f"{steps} {_conclude(str(k), letter)}",
@@ -209,7 +234,7 @@ def _item_arithmetic(rng: random.Random, canvas: _Canvas, order: str):
     k = n - left  # at least one shape is removed
     objs = _mixed_objects(rng, canvas, n, attr, value, k)
     options, letter = _number_options(rng, left, order)
-    text = four_stage(
+    text = _Stages(
         f"I will count all shapes and subtract the {noun}.",
         f"The image shows {_describe(objs)}.",
         f"There are {n} shapes. {f'1 of them is a {one}' if k == 1 else f'{k} of them are {noun}'}. "
@@ -250,7 +275,7 @@ def _item_chart(rng: random.Random, canvas: _Canvas, order: str):
         rng.shuffle(absent)
         distractors = [c for c in colors + absent if c != pick["color"]][:3]  # the other bars first
         options, letter = _options(rng, pick["color"], distractors, order)
-    text = four_stage(
+    text = _Stages(
         f"I will compare the bars to find the {which} one.",
         f"The image shows a bar chart with bars for {_join([b['color'] for b in bars])}.",
         f"From tallest to shortest: {_join([b['color'] for b in ranked])}. {_conclude(pick['color'], letter)}",
@@ -270,24 +295,31 @@ assert tuple(_MAKERS) == CATEGORIES
 
 
 def make_item(rng: Union[random.Random, int], category: str, image_size: int = DEFAULT_IMAGE_SIZE,
-              option_order: str = DEFAULT_OPTION_ORDER) -> Item:
+              option_order: str = DEFAULT_OPTION_ORDER, answer_style: str = DEFAULT_ANSWER_STYLE) -> Item:
     """Draw one item of `category` from `rng` (a ``random.Random``, or an int seed).
 
     Returns an `Item` that unpacks as ``(image, question, options, answer_letter, four_stage_answer,
     category)``: a PIL RGB image of ``image_size`` px, the question without options, four distinct
     option strings for A-D, the correct letter, the LLaVA-CoT answer whose ``<CONCLUSION>`` is that
     letter, and the category. ``item.scene`` describes what was drawn. `option_order` is "fixed" or
-    "shuffled" (see `OPTION_ORDERS`).
+    "shuffled" (see `OPTION_ORDERS`); `answer_style` "tagged", "plain" or "direct" (see `ANSWER_STYLES`;
+    the style changes only the text, never the image, options or letter).
     """
     if category not in _MAKERS:
         raise ValueError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
     _check_option_order(option_order)
+    check_answer_style(answer_style)
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     canvas = _Canvas(int(image_size))
-    question, text, options, letter, scene = _MAKERS[category](rng, canvas, option_order)
+    question, stages, options, letter, scene = _MAKERS[category](rng, canvas, option_order)
     scene = dict(scene, image_size=canvas.size)
-    return Item(canvas.image, question, list(options), letter, text, category, scene)
+    return Item(canvas.image, question, list(options), letter, stages.write(answer_style), category, scene)
+
+
+def check_answer_style(style: str) -> None:
+    if style not in ANSWER_STYLES:
+        raise ValueError(f"unknown answer style {style!r}; choose from {', '.join(ANSWER_STYLES)}")
 
 
 def _check_option_order(order: str) -> None:

@@ -86,6 +86,8 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
     p.add(g, "--train-data", nargs="+", metavar="FILE",
           help="training records, JSON/JSONL (default with run.sh: freshly generated synthetic data)")
     p.add(g, "--valid-data", nargs="+", metavar="FILE", help="records for the validation loss")
+    p.add(g, "--no-validation", flag_only=True,
+          help="no validation loss during training (the synthetic test.jsonl is not used as --valid-data)")
     p.add(g, "--eval-data", metavar="FILE",
           help="held-out VLMEvalKit-style TSV for generation accuracy (synthetic: test.tsv)")
     p.add(g, "--image-root", metavar="DIR", help="folder image paths are relative to (default: each data file's folder)")
@@ -98,6 +100,14 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
     p.add(g, "--num-workers", type=int, metavar="N", help="data loader workers per process (default: 0 on CPU, 2 on GPU)")
 
     g = p.add_argument_group("training")
+    from .recipes import RECIPES
+    p.add(g, "--recipe", choices=sorted(RECIPES), metavar="NAME",
+          help="a named set of defaults, printed in full when used; each of its values can still be given: "
+               + "; ".join(f"{k}: {v[1]}" for k, v in RECIPES.items()))
+    p.add(g, "--stage-loss-weights", metavar="STAGE=W,...",
+          help="weight each trained token by its LLaVA-CoT stage, e.g. SUMMARY=0.5,CAPTION=1,REASONING=1,"
+               "CONCLUSION=2 (tags belong to their stage; other tokens and unnamed stages weigh 1; the loss is "
+               "the weighted mean, so all ones is the plain loss)")
     p.add(g, "--train-iters", type=int, metavar="N", help=f"optimizer steps (default: {DEFAULTS['train_iters']} unless --epochs)")
     p.add(g, "--epochs", type=int, metavar="N", help="train for N epochs instead of --train-iters")
     p.add(g, "--batch-size", type=int, default=DEFAULTS["batch_size"], metavar="B", help="samples per process per micro-step")
@@ -161,13 +171,25 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
         p.add(g, "--synth-option-order", default="fixed", choices=["fixed", "shuffled"],
               help="fixed: a category always lists the same options, so the image decides the letter; "
                    "shuffled: the letter must also be looked up in the prompt (not learnt in a short run)")
+        p.add(g, "--synth-answer-style", default="tagged", choices=["tagged", "plain", "direct"],
+              help="tagged: the four LLaVA-CoT stages; plain: the same reasoning without tags; direct: the "
+                   "<CONCLUSION> stage alone (benchmarks/cot_ablation.py compares them)")
         p.add(g, "--data-dir", default="data", metavar="DIR", help="where synthetic data sets are written (and reused)")
     return p
 
 
 def parse(argv: Optional[Sequence[str]] = None, launcher: bool = True) -> Tuple[argparse.Namespace, List[str]]:
-    """(our options, the rest for SAT)."""
-    opts, rest = build_parser(launcher).parse_known_args(argv)
+    """(our options, the rest for SAT). A --recipe (or COGCOT_RECIPE) supplies defaults first; what the
+    command line or the environment sets explicitly still wins."""
+    import sys
+    from . import recipes
+    parser = build_parser(launcher)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        recipes.apply(parser, args)
+    except KeyError as e:
+        raise ConfigError([e.args[0]]) from None
+    opts, rest = parser.parse_known_args(args)
     return opts, rest
 
 
@@ -277,6 +299,12 @@ def check(opts, cuda: bool, launcher: bool = False) -> dict:
         from dataset.text_processor import TEMPLATES
         if opts.template not in TEMPLATES:
             problems.append(f"--template {opts.template}: unknown; choose from {', '.join(TEMPLATES)}")
+    if getattr(opts, "stage_loss_weights", None):
+        from dataset.stage_weights import parse_stage_weights
+        try:
+            parse_stage_weights(opts.stage_loss_weights)
+        except ValueError as e:
+            problems.append(f"--stage-loss-weights: {e}")
     # schedule
     if opts.train_iters is not None and opts.epochs is not None:
         problems.append("--train-iters and --epochs exclude each other")

@@ -30,6 +30,7 @@ from finetune.data import DatasetFactory, make_collator
 from finetune.lora import LoRAConfig, add_lora, freeze_for_lora
 from finetune.parts import PARTS, apply_freeze, check_partition, format_summary, parse_parts, trainable_summary
 from finetune.report import format_accuracy_table, plot_loss_curve, write_summary
+from dataset.stage_weights import format_stage_weights, parse_stage_weights
 from finetune.step import BetweenSteps, EvalStep, History, Progress, Schedule, TrainStep
 from models import sat_compat
 
@@ -41,6 +42,7 @@ def log(msg: str) -> None:
 
 def sat_argv(opts, ds_config_path: str, num_workers: int, eval_interval: Optional[int]) -> list:
     """The SwissArmyTransformer arguments of this run (it never saves: checkpoints are ours)."""
+    valid = [] if opts.no_validation else (opts.valid_data or [])
     argv = ["--mode", "pretrain", "--deepspeed", "--deepspeed_config", ds_config_path,
             "--train-data", *opts.train_data, "--split", "1", "--strict-eval",
             "--batch-size", str(opts.batch_size), "--lr", str(opts.lr), "--warmup", str(opts.warmup),
@@ -51,8 +53,8 @@ def sat_argv(opts, ds_config_path: str, num_workers: int, eval_interval: Optiona
             "--num-workers", str(num_workers), "--experiment-name", opts.experiment_name,
             "--summary-dir", opts.summary_dir]
     argv += ["--epochs", str(opts.epochs)] if opts.epochs else ["--train-iters", str(opts.train_iters)]
-    if opts.valid_data:
-        argv += ["--valid-data", *opts.valid_data]
+    if valid:
+        argv += ["--valid-data", *valid]
         if eval_interval is not None:  # with --epochs SAT defaults to once per epoch
             argv += ["--eval-interval", str(eval_interval)]
     return argv
@@ -220,7 +222,9 @@ class Run:
         self.step = step
         factory = DatasetFactory(self.tokenizer, self.image_size, margs.image_length, self.max_length, self.template,
                                  image_root=o.image_root, strict=o.strict_data, truncation=o.truncation, log=log,
-                                 stage=o.stage)
+                                 stage=o.stage, stage_weights=parse_stage_weights(o.stage_loss_weights))
+        if o.stage_loss_weights:
+            log(f"[data] per-stage loss weights: {format_stage_weights(parse_stage_weights(o.stage_loss_weights))}")
         self.t_train = time.time()
         engine = training_main(margs, model_cls=self.model, forward_step_function=step,
                                create_dataset_function=factory, collate_fn=make_collator(self.tokenizer.pad_token_id),
@@ -306,6 +310,9 @@ def print_summary(s: dict, history: History) -> None:
 
 def main(argv=None) -> int:
     opts, sat_rest = arguments.parse(argv, launcher=False)
+    if opts.recipe:
+        from finetune.recipes import describe
+        print(describe(opts.recipe, opts, sys.argv[1:] if argv is None else argv), flush=True)
     cuda = torch.cuda.is_available()
     try:
         ds_config = arguments.check(opts, cuda)

@@ -18,7 +18,7 @@ from models.sat_compat import free_port
 
 ENTRY = Path(__file__).resolve().parent / "finetune.py"
 LAUNCH_ONLY = ("num_gpus", "num_nodes", "hostfile", "master_addr", "master_port",
-               "synth_n", "synth_n_test", "synth_seed", "synth_option_order", "data_dir")
+               "synth_n", "synth_n_test", "synth_seed", "synth_option_order", "data_dir", "recipe", "synth_answer_style")
 
 
 def cuda_available() -> bool:
@@ -29,7 +29,8 @@ def cuda_available() -> bool:
 def synthetic_data(opts) -> Path:
     """Generate (or reuse) the synthetic train/test split named by its size and seed."""
     from dataset import synth
-    out = Path(opts.data_dir) / (f"synth-v{synth.FORMAT_VERSION}-{opts.synth_option_order}-n{opts.synth_n}"
+    style = "" if opts.synth_answer_style == "tagged" else f"-{opts.synth_answer_style}"
+    out = Path(opts.data_dir) / (f"synth-v{synth.FORMAT_VERSION}-{opts.synth_option_order}{style}-n{opts.synth_n}"
                                  f"-t{opts.synth_n_test}-s{opts.synth_seed}")
     done = out / ".complete"
     if done.is_file():
@@ -37,7 +38,7 @@ def synthetic_data(opts) -> Path:
         return out
     t = time.time()
     synth.generate(out, n=opts.synth_n, seed=opts.synth_seed, n_test=opts.synth_n_test,
-                   option_order=opts.synth_option_order, progress=True)
+                   option_order=opts.synth_option_order, answer_style=opts.synth_answer_style, progress=True)
     done.write_text("ok\n")
     print(f"[data] generated {opts.synth_n} training + {opts.synth_n_test} held-out items in {out} "
           f"({time.time() - t:.0f} s)", flush=True)
@@ -96,6 +97,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"finetune: bad environment variable:\n{e}", file=sys.stderr)
         return 2
     cuda = cuda_available()
+    if opts.recipe:  # its values are written out below, so the entry point gets them as explicit options
+        from finetune.recipes import describe
+        print(describe(opts.recipe, opts, sys.argv[1:] if argv is None else argv), flush=True)
     if opts.num_gpus is not None and opts.num_gpus > 1 and not cuda and opts.deepspeed_config in (None, "cpu"):
         print(f"[run] {opts.num_gpus} CPU processes (data parallel over gloo)", flush=True)
     if not _checked(opts, cuda):  # everything but the data, before generating any
@@ -103,7 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not opts.train_data:
         data = synthetic_data(opts)
         opts.train_data = [str(data / "train.jsonl")]
-        opts.valid_data = opts.valid_data or [str(data / "test.jsonl")]
+        if not opts.no_validation:
+            opts.valid_data = opts.valid_data or [str(data / "test.jsonl")]
         opts.eval_data = opts.eval_data or str(data / "test.tsv")
     if not _checked(opts, cuda):
         return 2

@@ -320,3 +320,29 @@ def test_cli_categories_and_default_n_test(tmp_path, capsys):
     help_text = capsys.readouterr().out
     for word in ("--out", "--n", "--seed", "--n-test", "--image-size", "--categories", "test.tsv", "Options:"):
         assert word in help_text
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_answer_styles_write_the_same_reasoning_and_letter(category):
+    from dataset.cot_format import STAGE_TAGS, parse_stages, predict
+    items = {style: make_item(item_rng(4, "train", 3), category, answer_style=style)
+             for style in ("tagged", "plain", "direct")}
+    tagged = items["tagged"]
+    for item in items.values():  # the style changes the text only
+        assert item.image.tobytes() == tagged.image.tobytes() and item.options == tagged.options
+        assert item.answer == tagged.answer
+        assert predict(item.text, dict(zip("ABCD", item.options)))[0] == item.answer
+    stages = parse_stages(tagged.text)
+    assert items["plain"].text == " ".join(stages[s] for s in ("SUMMARY", "CAPTION", "REASONING"))
+    assert not any(tag in items["plain"].text for tag in STAGE_TAGS)
+    assert items["direct"].text == f"<CONCLUSION> {tagged.answer} </CONCLUSION>"
+    with pytest.raises(ValueError, match="unknown answer style"):
+        make_item(1, category, answer_style="terse")
+
+
+def test_cli_answer_style(tmp_path):
+    assert synth.main(["--out", str(tmp_path / "p"), "--n", "3", "--seed", "2", "--n-test", "2",
+                       "--answer-style", "direct", "--no-progress"]) == 0
+    for name in ("train.jsonl", "test.jsonl"):
+        for rec in read_jsonl(tmp_path / "p" / name):
+            assert rec["conversations"][1]["value"] == f"<CONCLUSION> {rec['answer']} </CONCLUSION>"
