@@ -16,9 +16,10 @@ import torch
 
 from models.kv_cache import KVCache
 
-from .generation import Row, left_pad, lm_logits, sample_next
+from .generation import Row, left_pad, lm_logits
 from .options import SamplingOptions
 from .prompt import Prompt
+from .sampling import sample_next
 
 
 @dataclass(frozen=True)

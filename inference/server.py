@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from .cli_demo import add_model_args, load_model
+from .model_args import add_model_args, load_model
 
 log = logging.getLogger("inference.server")
 

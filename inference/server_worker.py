@@ -25,9 +25,9 @@ from typing import Callable, Deque, Dict, List, Optional
 import torch
 
 from .batch_generate import RowRequest, generate_rows
-from .generation import make_generator
 from .image import Pixels, image_size_of, model_device_dtype
 from .options import REFERENCE_SAMPLING, SamplingOptions, SearchOptions, derive_seed
+from .sampling import make_generator
 from .search import StagedSearch
 from .server_request import ChatRequest
 
@@ -74,10 +74,13 @@ class _Streamer:
 class ModelWorker:
     """Owns the model; serves submitted jobs on one thread, batched (`start()` starts the thread).
 
-    batch_wait: seconds to wait for more requests before starting a batch, only while requests come
-    concurrently (the last batch had several rows), so a lone client never waits.
+    batch_wait: while requests come concurrently (the last batch had several rows; a lone client never
+    waits), wait up to batch_wait plus a quarter of the last batch's time (at most MAX_GATHER seconds)
+    for as many rows as the last batch had: the clients it answered are likely sending their next ones.
     length_slack: prompts of one batch differ by at most max(length_slack, half the longest) tokens.
     """
+
+    MAX_GATHER = 0.1
 
     def __init__(self, model, tokenizer, *, template: str = "chat_old", max_batch: int = 8,
                  batch_wait: float = 0.005, length_slack: int = 128, image_size=None):
@@ -92,7 +95,7 @@ class ModelWorker:
         self._paused = 0
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
-        self._last_rows = 0
+        self._last_rows, self._last_seconds = 0, 0.0
         self.batch_rows: Dict[int, int] = collections.Counter()  # rows in a batch -> how many batches
         self.counts: Dict[str, int] = collections.Counter()
 
@@ -152,8 +155,9 @@ class ModelWorker:
             if self._stopping:
                 return None
             if self.batch_wait > 0 and self._last_rows > 1:  # requests come concurrently: gather a few more
-                deadline = time.monotonic() + self.batch_wait
-                while sum(j.rows for j in self._waiting) < self.max_batch and not self._stopping:
+                deadline = time.monotonic() + min(self.MAX_GATHER, self.batch_wait + self._last_seconds / 4)
+                want = min(self.max_batch, self._last_rows)
+                while sum(j.rows for j in self._waiting) < want and not self._stopping:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -236,6 +240,7 @@ class ModelWorker:
 
         rows = generate_rows(self.model, self.tokenizer, requests, torch.stack(embeds) if embeds else None,
                              on_step=on_step)
+        self._last_seconds = time.perf_counter() - start
         spent: Dict[int, int] = collections.Counter()
         for (job, _, _), row in zip(owners, rows):
             spent[id(job)] += len(row.tokens)

@@ -125,7 +125,7 @@ def tiny_server(tmp_path_factory):
 
     from PIL import Image
 
-    from inference.cli_demo import load_model
+    from inference.model_args import load_model
     from inference.server import BackgroundServer, build_app
     root = tmp_path_factory.mktemp("server_images")
     Image.new("RGB", (40, 30), (220, 30, 30)).save(root / "red.png")
