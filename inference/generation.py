@@ -2,7 +2,8 @@
 
 - `Prefix`: a batch-1 KV cache with the ids it holds, its next position and the logits after it.
 - `decode_steps`: the one decode loop, used by chat (1 row), staged search (N rows over a shared
-  prefix, `PackedRowCache`), judge prompts with a common head (`RowCache`) and batched evaluation
+  prefix, `PackedRowCache`), judge prompts with a common head (`RowCache`; both are
+  `models.kv_cache.SharedPrefixKVCache`) and batched evaluation
   (left-padded rows, a plain `KVCache` and a key mask). Finished rows leave the batch at once; in
   search they keep their own keys/values for `commit`.
 - `ForwardCounter`: hooks that count positions run through the language model and ViT images.
