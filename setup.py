@@ -20,6 +20,8 @@ setup(
         "matplotlib",
         "tensorboardX",
         "psutil",  # benchmarks/: peak resident memory on CPU (DeepSpeed needs it too)
+        "webdataset>=0.2",  # dataset.shards: tar shards for --stage pretrain (SAT's own reader builds on it)
+        "braceexpand",  # shard patterns such as shards/cap-{000000..000127}.tar
         "openai>=1.40",  # dataset.teacher and the `api` judge: the client of OpenAI-compatible endpoints
         # imported by SwissArmyTransformer without being declared by it
         "requests",

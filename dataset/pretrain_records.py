@@ -164,14 +164,29 @@ class PretrainDataset(ItemDataset):
         return encode_sample(self, record)
 
 
-def encode_sample(dataset: ItemDataset, record: PretrainRecord, image_loader=None) -> Dict[str, object]:
+def encode_sample(dataset, record: PretrainRecord, images: Optional[list] = None) -> Dict[str, object]:
     """The training sample of one pretraining record: tokens (see `encode_pretrain`) and its images in
-    marker order; `image_loader(path_or_bytes)` replaces the dataset's image loading (shards pass bytes)."""
+    marker order; `images` (decoded PIL images, e.g. from a shard) replaces loading `record.images`.
+    `dataset` supplies text_processor, process_img and load_image (an ItemDataset or `SampleEncoder`)."""
     import torch
     enc = encode_pretrain(dataset.text_processor, record)
     sample = dict(dataset.text_processor.to_tensors(enc), question_id=record.id)
-    load = image_loader or (lambda path: dataset.load_image(path, record.problem("")))
-    vision = [dataset.process_img(load(path)) for path in record.images]
+    if images is None:
+        images = [dataset.load_image(path, record.problem("")) for path in record.images]
+    vision = [dataset.process_img(img) for img in images]
     if vision:
         sample["vision"] = {k: torch.cat([v["vision"][k] for v in vision]) for k in vision[0]["vision"]}
     return sample
+
+
+class SampleEncoder:
+    """`encoder(record, images)` -> training sample, for streamed records (the shard reader's `process`)."""
+
+    def __init__(self, image_processor, text_processor):
+        self.image_processor, self.text_processor = image_processor, text_processor
+
+    def process_img(self, img):
+        return ItemDataset.process_img(self, img)
+
+    def __call__(self, record: PretrainRecord, images: list) -> Dict[str, object]:
+        return encode_sample(self, record, images)

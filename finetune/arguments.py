@@ -85,6 +85,11 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
                "{images,text with <image>}, plain {text} or conversations, every text token trained")
     p.add(g, "--train-data", nargs="+", metavar="FILE",
           help="training records, JSON/JSONL (default with run.sh: freshly generated synthetic data)")
+    p.add(g, "--data-mix", metavar="SRC:W,...",
+          help="pretrain: sample sources by weight instead of --train-data, e.g. "
+               "captions.jsonl:0.6,docs/{000..015}.tar:0.3,text.jsonl:0.1 (seeded by --seed)")
+    p.add(g, "--shuffle-buffer", type=int, default=1000, metavar="N",
+          help="samples held for shuffling a streamed source (tar shards)")
     p.add(g, "--valid-data", nargs="+", metavar="FILE", help="records for the validation loss")
     p.add(g, "--no-validation", flag_only=True,
           help="no validation loss during training (the synthetic test.jsonl is not used as --valid-data)")
@@ -259,6 +264,45 @@ def _check_data_file(problems: List[str], flag: str, path: str) -> None:
                 return
 
 
+def _check_source(problems: List[str], flag: str, spec: str, opts) -> None:
+    """A record file, or (with --stage pretrain) a tar shard pattern whose every shard exists."""
+    from dataset.shards import expand_pattern, is_shard_source
+    if not is_shard_source(spec):
+        _check_data_file(problems, flag, spec)
+        return
+    if opts.stage != "pretrain":
+        problems.append(f"{flag} {spec}: tar shards are read with --stage pretrain only")
+        return
+    missing = [p for p in expand_pattern(spec) if not Path(p).is_file()]
+    if missing:
+        problems.append(f"{flag} {spec}: {len(missing)} shard(s) missing, e.g. {missing[0]}")
+
+
+def _data_mix_problems(opts) -> List[str]:
+    """--data-mix: pretraining only, not with --train-data, every source present, weights valid."""
+    if not getattr(opts, "data_mix", None):
+        return []
+    from dataset.data_mix import parse_data_mix
+    if opts.stage != "pretrain":
+        return ["--data-mix needs --stage pretrain"]
+    if opts.train_data:
+        return ["--data-mix and --train-data exclude each other (put every source in the mix)"]
+    try:
+        sources = parse_data_mix(opts.data_mix)
+    except ValueError as e:
+        return [str(e)]
+    problems: List[str] = []
+    for source in sources:
+        _check_source(problems, "--data-mix", source.spec, opts)
+    return problems
+
+
+def streams(opts) -> bool:
+    """True when the training data is read as a stream (tar shards or a data mix)."""
+    from dataset.shards import is_shard_source
+    return bool(getattr(opts, "data_mix", None)) or any(is_shard_source(p) for p in opts.train_data or [])
+
+
 def check(opts, cuda: bool, launcher: bool = False) -> dict:
     """Validate everything that can be checked without loading the model; raise ConfigError listing
     all problems. Returns the filled DeepSpeed config."""
@@ -286,10 +330,11 @@ def check(opts, cuda: bool, launcher: bool = False) -> dict:
                 problems.append(f"--from-pretrained {src}/model_config.json: invalid JSON ({e.msg})")
     _check_file(problems, "--tokenizer", opts.tokenizer)
     # data
-    if not opts.train_data and not launcher:
+    if not opts.train_data and not launcher and not getattr(opts, "data_mix", None):
         problems.append("--train-data is required")
     for path in opts.train_data or []:
-        _check_data_file(problems, "--train-data", path)
+        _check_source(problems, "--train-data", path, opts)
+    problems += _data_mix_problems(opts)
     for path in opts.valid_data or []:
         _check_data_file(problems, "--valid-data", path)
     _check_file(problems, "--eval-data", opts.eval_data)
@@ -308,6 +353,8 @@ def check(opts, cuda: bool, launcher: bool = False) -> dict:
     # schedule
     if opts.train_iters is not None and opts.epochs is not None:
         problems.append("--train-iters and --epochs exclude each other")
+    if opts.epochs is not None and streams(opts):
+        problems.append("--epochs needs data of known size; streamed data (tar shards, --data-mix) trains for --train-iters")
     for flag, value in (("--train-iters", opts.train_iters), ("--epochs", opts.epochs),
                         ("--batch-size", opts.batch_size), ("--gradient-accumulation-steps", opts.gradient_accumulation_steps),
                         ("--max-length", opts.max_length), ("--lora-rank", opts.lora_rank)):

@@ -18,15 +18,47 @@ class DatasetFactory:
 
     def __init__(self, tokenizer, image_size, image_length: int, max_length: int, template: str,
                  image_root=None, strict: bool = False, truncation: str = "cut", log=print, stage: str = "sft",
-                 stage_weights=None):
+                 stage_weights=None, streaming: bool = False, seed: int = 0, shuffle_buffer: int = 1000):
         from dataset import ImageProcessor, TextProcessor
         self.image_processor = ImageProcessor(image_size)
         self.text_processor = TextProcessor(tokenizer, max_length=max_length, image_length=image_length,
                                             template=template, truncation=truncation, stage_weights=stage_weights)
         self.image_root, self.strict, self.log, self.stage = image_root, strict, log, stage
+        self.streaming, self.seed, self.shuffle_buffer = streaming, seed, shuffle_buffer
+        self.train_sources = None  # names of the training stream's sources (per-source token report)
 
     def __call__(self, path: str, args=None):
-        """The dataset of `path`; its counts (kept, truncated, dropped, problems) go to the run's log."""
+        """The dataset of `path`; its counts (kept, truncated, dropped, problems) go to the run's log.
+        Streaming (tar shards or a data mix, training data only): a stream for this rank and worker."""
+        if self.streaming and args is not None and path in (args.train_data or []):
+            return self.stream(path, args)
+        return self.records(path, args)
+
+    def stream(self, spec: str, args):
+        """A tar shard pattern, a record file or a `--data-mix` spec as one `DataMix` stream."""
+        from dataset.data_mix import DataMix, MapStream, mix_summary, parse_data_mix
+        from dataset.pretrain_records import SampleEncoder
+        from dataset.shards import ShardStream, is_shard_source
+        try:
+            sources = parse_data_mix(spec)
+        except ValueError:  # one plain source (a file or a shard pattern), not a SOURCE:WEIGHT list
+            sources = parse_data_mix(spec + ":1")
+        encoder = SampleEncoder(self.image_processor, self.text_processor)
+        streams, sizes = [], []
+        for source in sources:
+            if is_shard_source(source.spec):
+                streams.append(ShardStream(source.spec, encoder, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
+                                           strict=self.strict))
+                sizes.append(None)
+            else:
+                ds = self.records(source.spec, args)
+                streams.append(MapStream(ds, seed=self.seed))
+                sizes.append(len(ds))
+        self.train_sources = [s.spec for s in sources]
+        self.log(mix_summary(sources, sizes))
+        return DataMix(streams, [s.weight for s in sources], self.train_sources, seed=self.seed)
+
+    def records(self, path: str, args=None):
         from dataset import ItemDataset
         from dataset.pretrain_records import PretrainDataset
         cls = PretrainDataset if self.stage == "pretrain" else ItemDataset

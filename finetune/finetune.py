@@ -44,7 +44,7 @@ def sat_argv(opts, ds_config_path: str, num_workers: int, eval_interval: Optiona
     """The SwissArmyTransformer arguments of this run (it never saves: checkpoints are ours)."""
     valid = [] if opts.no_validation else (opts.valid_data or [])
     argv = ["--mode", "pretrain", "--deepspeed", "--deepspeed_config", ds_config_path,
-            "--train-data", *opts.train_data, "--split", "1", "--strict-eval",
+            "--train-data", *(opts.train_data or [opts.data_mix]), "--split", "1", "--strict-eval",
             "--batch-size", str(opts.batch_size), "--lr", str(opts.lr), "--warmup", str(opts.warmup),
             "--lr-decay-style", opts.lr_decay_style, "--weight-decay", str(opts.weight_decay),
             "--seed", str(opts.seed), "--hidden-dropout", str(opts.hidden_dropout),
@@ -53,6 +53,8 @@ def sat_argv(opts, ds_config_path: str, num_workers: int, eval_interval: Optiona
             "--num-workers", str(num_workers), "--experiment-name", opts.experiment_name,
             "--summary-dir", opts.summary_dir]
     argv += ["--epochs", str(opts.epochs)] if opts.epochs else ["--train-iters", str(opts.train_iters)]
+    if arguments.streams(opts):  # tar shards / a data mix: SAT's iterable-dataset path (no random mapping)
+        argv += ["--iterable-dataset", "--iterable-dataset-eval", "False"]
     if valid:
         argv += ["--valid-data", *valid]
         if eval_interval is not None:  # with --epochs SAT defaults to once per epoch
@@ -180,7 +182,7 @@ class Run:
                 "world_size": self.world, "batch_size": o.batch_size,
                 "gradient_accumulation_steps": o.gradient_accumulation_steps, "seed": o.seed,
                 "finetune_mode": "lora" if self.lora else "full", "freeze": o.freeze,
-                "train_data": [str(Path(p).resolve()) for p in o.train_data],
+                "train_data": [str(Path(p).resolve()) for p in o.train_data or []], "data_mix": o.data_mix,
                 "from_pretrained": self.trainer_state.get("from_pretrained", o.from_pretrained),
                 "train_iters": self.sat_args.train_iters, "template": self.template}
 
@@ -222,7 +224,8 @@ class Run:
         self.step = step
         factory = DatasetFactory(self.tokenizer, self.image_size, margs.image_length, self.max_length, self.template,
                                  image_root=o.image_root, strict=o.strict_data, truncation=o.truncation, log=log,
-                                 stage=o.stage, stage_weights=parse_stage_weights(o.stage_loss_weights))
+                                 stage=o.stage, stage_weights=parse_stage_weights(o.stage_loss_weights),
+                                 streaming=arguments.streams(o), seed=o.seed, shuffle_buffer=o.shuffle_buffer)
         if o.stage_loss_weights:
             log(f"[data] per-stage loss weights: {format_stage_weights(parse_stage_weights(o.stage_loss_weights))}")
         self.t_train = time.time()

@@ -104,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[run] {opts.num_gpus} CPU processes (data parallel over gloo)", flush=True)
     if not _checked(opts, cuda):  # everything but the data, before generating any
         return 2
-    if not opts.train_data:
+    if not opts.train_data and not opts.data_mix:
         data = synthetic_data(opts)
         opts.train_data = [str(data / "train.jsonl")]
         if not opts.no_validation:
