@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Fine-tune CogVLM-style vision-language models on SAT/DeepSpeed and search over LLaVA-CoT reasoning stages",
     python_requires=">=3.9",
-    packages=["models", "dataset", "finetune", "inference"],
+    packages=["models", "dataset", "finetune", "inference", "webui"],
     package_data={"finetune": ["*.sh", "configs/*.json"]},
     install_requires=[
         "torch>=2.3",  # torch.get_default_device
@@ -46,6 +46,7 @@ setup(
             "cogcot-synth=dataset.synth:main",
             "cogcot-inspect=dataset.inspect:main",
             "cogcot-serve=inference.server:main",
+            "cogcot-board=webui.__main__:main",  # needs the [web] extra
         ]
     },
 )

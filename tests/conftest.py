@@ -140,3 +140,75 @@ def tiny_server(tmp_path_factory):
                           template=template, image_root=root)
     server.close()
     worker.stop()
+
+
+# ----------------------------------------------------------------------------- the web board (tests/test_webui.py)
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """`python -m webui` on a free 127.0.0.1 port with a fresh --root; yields (url, root). Skips without Gradio."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from types import SimpleNamespace
+    pytest.importorskip("gradio", reason="the board needs the [web] extra (pip install -e .[web])")
+    root = tmp_path_factory.mktemp("board-root")
+    port = _free_port()
+    log = open(root.parent / f"board-{port}.log", "wb")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p),
+               GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.Popen([sys.executable, "-m", "webui", "--port", str(port), "--root", str(root)], cwd=repo,
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read(100)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                log.close()
+                pytest.fail(f"the board did not start: {(root.parent / f'board-{port}.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+    yield SimpleNamespace(url=url, root=root, proc=proc, log=root.parent / f"board-{port}.log")
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's, or $COGCOT_BROWSER) driven by Playwright; skips with the reason when absent."""
+    import shutil
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[test])")
+    exe = os.environ.get("COGCOT_BROWSER") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe or not os.path.exists(exe):
+        pytest.skip("no Chromium found (apt-get install chromium, or set COGCOT_BROWSER)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, board):
+    """A fresh browser page on the board, loaded."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(60_000)
+    pg.goto(board.url)
+    pg.wait_for_selector("#train-start")
+    yield pg
+    pg.close()

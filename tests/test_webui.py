@@ -1,0 +1,115 @@
+"""The web board (webui/) in a real headless browser: the page loads, the form makes the exact launcher
+command, a 5-step cogvlm-tiny run is watched to its end, a second run is stopped, chat streams and staged
+search shows its stages. Set COGCOT_SCREENSHOTS=DIR to save a screenshot of each tab there."""
+import os
+import re
+import time
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+TINY_RUN = {"train_iters": "5", "batch_size": "4", "synth_n": "32", "synth_n_test": "8", "accuracy_limit": "8",
+            "accuracy_max_new_tokens": "24", "log_interval": "1", "eval_interval": "5"}
+
+
+def _field(page, dest):
+    return page.locator(f"#opt-{dest} textarea, #opt-{dest} input").first
+
+
+def _fill(page, values):
+    for dest, value in values.items():
+        _field(page, dest).fill(value)
+
+
+def _text(page, elem_id):
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def _shot(page, name):
+    out = os.environ.get("COGCOT_SCREENSHOTS")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        page.screenshot(path=os.path.join(out, f"webui-{name}.png"), full_page=True)
+
+
+def _command(page):
+    page.click("#train-preview")
+    box = page.locator("#train-command textarea")
+    page.wait_for_function("e => e.value.length > 0", arg=box.element_handle())
+    return box.input_value()
+
+
+def test_page_loads_with_every_launcher_option(page):
+    from finetune import arguments
+    parser = arguments.build_parser(launcher=True)
+    flags = [a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"]
+    body = page.inner_text("body")
+    assert "cogcot board" in body
+    missing = [f for f in flags if f not in body]
+    assert not missing, f"options missing from the Train tab: {missing}"
+
+
+def test_two_options_change_the_previewed_command(page):
+    before = _command(page)
+    assert before.startswith("bash ") and before.split()[1].endswith("finetune/run.sh")
+    assert "--lr" not in before and "--train-iters" not in before  # defaults are not written out
+    _fill(page, {"train_iters": "7", "lr": "0.01"})
+    page.click("#train-preview")
+    page.wait_for_function("e => e.value.includes('--train-iters 7')",
+                           arg=page.locator("#train-command textarea").element_handle())
+    after = page.locator("#train-command textarea").input_value()
+    assert after == before + " --train-iters 7 --lr 0.01"
+
+
+def test_bad_option_is_a_message_not_a_crash(page):
+    _fill(page, {"train_iters": "seven"})
+    page.click("#train-preview")
+    page.wait_for_selector("#train-message :text('bad option')")
+    assert "--train-iters" in _text(page, "train-message")
+
+
+def test_tiny_run_shows_loss_plot_and_finished_table(page, board):
+    _fill(page, TINY_RUN)
+    page.click("#train-start")
+    page.wait_for_selector("#train-status :text('finished')", timeout=240_000)
+    page.wait_for_selector("#train-loss img, #train-loss canvas, #train-loss svg")
+    page.wait_for_selector("#train-result table")
+    table = _text(page, "train-result")
+    assert "overall" in table and re.search(r"\d+\.\d%", table)
+    assert "inference.cli_demo --from_pretrained" in page.locator("#train-chat-command textarea").input_value()
+    assert "validation loss" in _text(page, "train-valid")
+    assert "step 5/5" in _text(page, "train-progress")
+    _shot(page, "train")
+    runs = list((board.root / "checkpoints").glob("cogvlm-tiny-full-*/finetune_summary.json"))
+    assert runs, "the run wrote no summary under the board's root"
+
+
+def test_second_run_is_stopped_midway(page, board):
+    _fill(page, {**TINY_RUN, "train_iters": "400", "save_interval": "3"})
+    page.locator("#opt-skip_accuracy input").check()
+    page.click("#train-start")
+    page.wait_for_selector("#train-status :text('running')")
+    page.wait_for_selector("#train-progress :text('step 4/400')", timeout=180_000)
+    page.click("#train-stop")
+    page.wait_for_selector("#train-status :text('stopped')", timeout=90_000)
+    status = _text(page, "train-status")
+    assert "finished" not in status
+    m = re.search(r"step (\d+)/400", _text(page, "train-progress"))
+    assert m and int(m.group(1)) < 400
+    assert "resumable from iteration" in status and "--resume" in status
+    # reopening the page re-attaches to the board's run state
+    page.reload()
+    page.wait_for_selector("#train-status :text('stopped')")
+
+
+def test_data_preview_marks_the_trained_parts(page, board):
+    files = sorted((board.root / "data").glob("synth-*/train.jsonl"))
+    assert files, "the tiny run generated no synthetic data under the board's root"
+    _fill(page, {"train_data": str(files[0].relative_to(board.root))})
+    page.click("#train-data-preview")
+    page.wait_for_selector("#data-counts :text('records:')")
+    assert "32 parsed" in _text(page, "data-counts")
+    sample = page.locator("#data-sample")
+    assert "CONCLUSION" in sample.inner_text()
+    assert "no problems found" in _text(page, "data-problems")

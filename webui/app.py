@@ -1,0 +1,34 @@
+"""The board's page: one tab per job (train, evaluate, chat, and data when the teacher pipeline exists)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from .paths import Root
+
+CSS = ".cogcot-progress progress { height: 14px; }"
+
+
+def build(root: Root) -> gr.Blocks:
+    """The whole page; each tab object keeps its own runner, so a reopened page re-attaches to their runs."""
+    from .train_tab import TrainTab
+    tabs = [("Train", TrainTab(root))]
+    try:
+        from .eval_tab import EvalTab
+        tabs.append(("Evaluate", EvalTab(root)))
+    except ImportError:
+        pass
+    try:
+        from .chat_tab import ChatTab
+        tabs.append(("Chat", ChatTab(root)))
+    except ImportError:
+        pass
+    with gr.Blocks(title="cogcot board") as demo:
+        gr.Markdown(f"## cogcot board  \nroot: `{root.path}` — every path is read and written under it")
+        for name, tab in tabs:
+            with gr.Tab(name, id=name.lower(), elem_id=f"tab-{name.lower()}"):
+                tab.build()
+        for _, tab in tabs:
+            event = getattr(tab, "load_event", None)
+            if event is not None:
+                demo.load(*event)
+    return demo
