@@ -113,3 +113,77 @@ def test_data_preview_marks_the_trained_parts(page, board):
     sample = page.locator("#data-sample")
     assert "CONCLUSION" in sample.inner_text()
     assert "no problems found" in _text(page, "data-problems")
+
+
+def _tab(page, name):
+    page.get_by_role("tab", name=name).click()
+
+
+def test_evaluate_tab_shows_the_table_and_filters_the_wrong_ones(page, board):
+    runs = sorted((board.root / "checkpoints").glob("cogvlm-tiny-full-*/finetune_summary.json"))
+    tsvs = sorted((board.root / "data").glob("synth-*/test.tsv"))
+    assert runs and tsvs, "needs the tiny run's checkpoint and data"
+    _tab(page, "Evaluate")
+    model = page.locator("#eval-model input")
+    model.fill(str(runs[0].parent.relative_to(board.root)))
+    model.press("Enter")
+    page.locator("#eval-tsv textarea, #eval-tsv input").first.fill(str(tsvs[0].relative_to(board.root)))
+    page.locator("#eval-limit textarea, #eval-limit input").first.fill("4")
+    page.click("#eval-run")
+    page.wait_for_selector("#eval-status :text('finished')", timeout=180_000)
+    page.wait_for_selector("#eval-table table")
+    assert "overall" in _text(page, "eval-table")
+    page.wait_for_selector("#eval-records table")
+    rows = page.locator("#eval-records tr")
+    assert rows.count() == 1 + 4  # header + the 4 questions
+    wrong = page.locator("#eval-records tr.wrong").count()
+    page.locator("#eval-wrong-only input").check()
+    page.wait_for_function(f"() => document.querySelectorAll('#eval-records tr').length === {1 + wrong}")
+    assert page.locator("#eval-records tr.right").count() == 0
+    _shot(page, "evaluate")
+
+
+def _upload_image(page, board):
+    images = sorted((board.root / "data").glob("synth-*/images/*.png"))
+    assert images
+    page.locator("#chat-image input[type=file]").set_input_files(str(images[0]))
+    page.wait_for_selector("#chat-image img")
+
+
+def test_chat_streams_a_reply_about_an_uploaded_image(page, board):
+    _tab(page, "Chat")
+    _upload_image(page, board)
+    # record every change of the reply's length: a streamed reply grows in several steps
+    page.evaluate("""() => { window.lengths = [];
+        new MutationObserver(() => { const b = document.querySelectorAll('#chat-bot .message.bot, #chat-bot [data-testid=bot]');
+            if (b.length) window.lengths.push(b[b.length - 1].innerText.length); })
+        .observe(document.querySelector('#chat-bot'), {subtree: true, childList: true, characterData: true}); }""")
+    page.locator("#chat-text textarea, #chat-text input").first.fill("What color is the shape?")
+    page.click("#chat-send")
+    page.wait_for_function("() => window.lengths.length > 0 && window.lengths[window.lengths.length - 1] > 0")
+    page.wait_for_selector("#chat-send:not([disabled])")
+    page.wait_for_timeout(500)
+    lengths = page.evaluate("window.lengths")
+    distinct = sorted({n for n in lengths if n > 0})
+    assert len(distinct) >= 2, f"the reply did not arrive in pieces: {lengths[:20]}"
+    assert "error" not in _text(page, "chat-message").lower()
+    _shot(page, "chat")
+
+
+def test_staged_search_shows_four_stages_with_their_candidates(page, board):
+    _tab(page, "Chat")
+    _upload_image(page, board)
+    page.locator("#chat-search-on input").check()
+    page.locator("#chat-step-tokens input").fill("6")
+    page.locator("#chat-text textarea, #chat-text input").first.fill("How many shapes?")
+    page.click("#chat-send")
+    page.wait_for_selector("#chat-search :text('4 step(s) decided')", timeout=180_000)
+    steps = page.locator("#chat-search .cogcot-step")
+    assert steps.count() == 4
+    names = [steps.nth(i).locator("h4").inner_text() for i in range(4)]
+    assert [s.upper() for s in names] == ["SUMMARY", "CAPTION", "REASONING", "CONCLUSION"]
+    for i in range(4):
+        assert steps.nth(i).locator("li").count() == 4  # N = 4 candidates
+        assert steps.nth(i).locator("li.winner").count() == 1
+        assert steps.nth(i).locator("tr").count() == 1 + 3  # a 4-way knockout: 3 matches
+    _shot(page, "search")

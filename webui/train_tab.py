@@ -86,7 +86,8 @@ class TrainTab:
         everything = inputs + [self.extra]
         preview_btn.click(self.preview, everything, [self.message, self.command, self.script])
         data_btn.click(self.preview_data, everything,
-                       [self.message, self.data_counts, self.data_hist, self.data_sample, self.data_problems])
+                       [self.message, self.data_counts, self.data_hist, self.data_sample, self.data_problems,
+                        self.data_box])
         start_btn.click(self.start, everything, [self.message, self.command, self.script])
         stop_btn.click(self.stop, None, [self.message])
         gr.Timer(1.0).tick(self.refresh, [seen], live)
@@ -132,7 +133,7 @@ class TrainTab:
         form, _ = self._split(values)
         files = _opt_value(self.options, form, "train_data") or ""
         files = files.replace(",", " ").split()
-        nothing = ("", None, None, "")
+        nothing = ("", None, None, "", gr.skip())
         if not files:
             return ("no --train-data given: the run generates synthetic data when it starts "
                     "(give a file to preview it)", *nothing)
@@ -160,7 +161,7 @@ class TrainTab:
         problems = ("**problems:**\n" + "\n".join(f"- `{p}`" for p in report["problems"])) if report["problems"] \
             else "no problems found"
         return ("", counts, data_preview.histogram_figure(report["histogram"]),
-                data_preview.marked_spans(report["sample"]), problems)
+                data_preview.marked_spans(report["sample"]), problems, gr.Accordion(open=True))
 
     def refresh(self, seen):
         """Everything the live view shows, from the run's state file, its log and its checkpoint folder."""
