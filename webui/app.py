@@ -10,18 +10,10 @@ CSS = ".cogcot-progress progress { height: 14px; }"
 
 def build(root: Root) -> gr.Blocks:
     """The whole page; each tab object keeps its own runner, so a reopened page re-attaches to their runs."""
+    from .chat_tab import ChatTab
+    from .eval_tab import EvalTab
     from .train_tab import TrainTab
-    tabs = [("Train", TrainTab(root))]
-    try:
-        from .eval_tab import EvalTab
-        tabs.append(("Evaluate", EvalTab(root)))
-    except ImportError:
-        pass
-    try:
-        from .chat_tab import ChatTab
-        tabs.append(("Chat", ChatTab(root)))
-    except ImportError:
-        pass
+    tabs = [("Train", TrainTab(root)), ("Evaluate", EvalTab(root)), ("Chat", ChatTab(root))]
     with gr.Blocks(title="cogcot board") as demo:
         gr.Markdown(f"## cogcot board  \nroot: `{root.path}` — every path is read and written under it")
         for name, tab in tabs:

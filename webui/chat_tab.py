@@ -83,7 +83,7 @@ class ChatTab:
     def _load(self, checkpoint: str):
         with self._lock:
             if checkpoint not in self._models:
-                from inference.cli_demo import load_model
+                from inference.model_args import load_model
                 import torch
                 args = argparse.Namespace(from_pretrained=checkpoint, tokenizer=None, template=None, device="cpu"
                                           if not torch.cuda.is_available() else "cuda", bf16=False, fp16=False,
