@@ -7,7 +7,7 @@ setup(
     description="Fine-tune CogVLM-style vision-language models on SAT/DeepSpeed and search over LLaVA-CoT reasoning stages",
     python_requires=">=3.9",
     packages=["models", "dataset", "finetune", "inference", "webui"],
-    package_data={"finetune": ["*.sh", "configs/*.json"]},
+    package_data={"finetune": ["*.sh", "configs/*.json"], "dataset": ["teacher_prompt.txt"]},
     install_requires=[
         "torch>=2.3",  # torch.get_default_device
         "deepspeed>=0.14",
@@ -45,6 +45,7 @@ setup(
             "cogcot-evaluate=inference.evaluate:main",
             "cogcot-synth=dataset.synth:main",
             "cogcot-inspect=dataset.inspect:main",
+            "cogcot-teacher=dataset.teacher:main",
             "cogcot-serve=inference.server:main",
             "cogcot-board=webui.__main__:main",  # needs the [web] extra
         ]

@@ -88,12 +88,13 @@ class ApiClient:
     """Chat completions against `base_url` (e.g. "http://127.0.0.1:8000/v1") with model `model`.
 
     Thread-safe: the teacher's workers share one client (and its connection pool and breaker).
+    `max_in_flight` bounds the HTTP requests open at once, those given up on at the deadline included.
     `requests` counts attempts sent, `failures` requests that failed after their attempts.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
                  attempts: int = 4, backoff: float = 1.0, max_backoff: float = 30.0, max_retry_after: float = 120.0,
-                 down_after: int = 3):
+                 down_after: int = 3, max_in_flight: Optional[int] = None):
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
         if timeout <= 0:
@@ -106,6 +107,9 @@ class ApiClient:
         self._sdk = openai.OpenAI(base_url=self.base_url, api_key=self._key or NO_KEY, max_retries=0,
                                   timeout=self.timeout)
         self._lock = threading.Lock()
+        # held from the send until the request's thread really ends (not just until the deadline): a
+        # request given up on still holds its connection until its socket notices, and counts
+        self._slots = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
         self.requests = self.failures = 0
         self._failed_in_a_row = 0
         self.down_reason: Optional[str] = None
@@ -176,9 +180,14 @@ class ApiClient:
                 box["error"] = e
             finally:
                 finished.set()
+                if self._slots is not None:
+                    self._slots.release()
 
+        if self._slots is not None:
+            self._slots.acquire()
+            deadline = time.monotonic() + self.timeout  # the wait for a slot is not the request's time
         threading.Thread(target=run, name="api-request", daemon=True).start()
-        if not finished.wait(self.timeout):
+        if not finished.wait(max(0.0, deadline - time.monotonic())):
             raise _Failed(f"no complete reply within {self.timeout:g} s (--api-timeout) from {self.base_url}")
         if "error" in box:
             raise _classify(box["error"], self.base_url)

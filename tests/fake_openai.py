@@ -8,6 +8,8 @@ records every request and the most requests it ever had in flight at once.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -82,8 +84,8 @@ class _Handler(BaseHTTPRequestHandler):
             fake._leave()
 
     def _answer(self, action: Action, body: dict) -> None:
-        if action.delay:
-            time.sleep(action.delay)
+        if action.delay and not self._wait_while_connected(action.delay):
+            return  # the client gave up and closed the connection: this request is no longer in flight
         if action.kind == "status":
             payload = json.dumps({"error": {"message": f"fake error {action.status}", "type": "fake"}}).encode()
             self._head(action.status, len(payload), action.headers)
@@ -110,6 +112,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._head(200, len(payload))
             self.wfile.write(payload)
 
+    def _wait_while_connected(self, seconds: float) -> bool:
+        """Sleep `seconds`, watching the socket; False as soon as the client closes its end."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            readable, _, _ = select.select([self.connection], [], [], min(0.02, max(0.0, end - time.monotonic())))
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                self.close_connection = True
+                return False
+        return True
+
     def _head(self, code: int, length: int, headers: Optional[dict] = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -128,7 +140,7 @@ class FakeOpenAI:
     `fake.script` is a list of Actions used first, one per request in arrival order; then
     `fake.responder(body) -> Action` answers (default: a good reply "ok"). `fake.requests` holds
     (path, headers with lower-case names, body) per request; `fake.max_in_flight` the most requests
-    served at once.
+    open at once (a request whose client closed the connection during a delay stops counting).
     """
 
     def __init__(self, responder: Optional[Callable[[dict], Action]] = None):
