@@ -6,7 +6,7 @@
 Routes: GET /v1/models, POST /v1/chat/completions (text or image parts, temperature, top_p, max_tokens,
 n, seed, stop, stream; the `stage_search` extension {"n": 4, "mode": "stage", "judge": "logprob"} answers
 with LLaVA-CoT staged search), GET /v1/stats (batches and their sizes). One thread owns the model and
-batches concurrent requests (`inference.server_worker`).
+decodes concurrent requests as one batch that new ones join between steps (`inference.server_worker`).
 """
 from __future__ import annotations
 
@@ -33,8 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-root", default=None,
                    help="image_url parts may name files under this folder (else only data: URLs are read)")
     g.add_argument("--max-batch", type=int, default=8, help="rows decoded together at most (also the largest n)")
-    g.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="while requests come concurrently, wait this long for more before starting a batch")
     g.add_argument("--max-tokens", type=int, default=512, help="max_tokens of a request that sends none")
     g.add_argument("--served-model-name", default=None,
                    help="the model id clients send (default: the checkpoint folder's name or the preset)")
@@ -47,13 +45,13 @@ def served_name(from_pretrained: str) -> str:
 
 
 def build_app(model, tokenizer, template: str, *, model_id: str, max_batch: int = 8, image_root: Optional[str] = None,
-              batch_wait: float = 0.005, default_max_tokens: int = 512):
+              default_max_tokens: int = 512):
     """(FastAPI app, started `ModelWorker`) serving an already-loaded model."""
     from .server_app import ServingConfig, create_app
     from .server_worker import ModelWorker
     if image_root is not None and not os.path.isdir(image_root):
         raise ValueError(f"--image-root {image_root} is not a folder")
-    worker = ModelWorker(model, tokenizer, template=template, max_batch=max_batch, batch_wait=batch_wait).start()
+    worker = ModelWorker(model, tokenizer, template=template, max_batch=max_batch).start()
     config = ServingConfig(model_id=model_id, tokenizer=tokenizer, image_length=model.args.image_length,
                            template=template, max_length=getattr(model.args, "max_sequence_length", 2048),
                            max_batch=max_batch, default_max_tokens=default_max_tokens,
@@ -101,8 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     model_id = args.served_model_name or served_name(args.from_pretrained)
     app, worker = build_app(model, tokenizer, template, model_id=model_id, max_batch=args.max_batch,
-                            image_root=args.image_root, batch_wait=args.batch_wait_ms / 1000,
-                            default_max_tokens=args.max_tokens)
+                            image_root=args.image_root, default_max_tokens=args.max_tokens)
     log.info("serving %s as %r on http://%s:%d/v1 (max batch %d)", args.from_pretrained, model_id, args.host,
              args.port, args.max_batch)
     try:

@@ -1,11 +1,13 @@
-"""The model thread of `inference.server`: it alone touches the model, taking queued requests in
-batches.
+"""The model thread of `inference.server`: it alone touches the model, decoding the queued requests
+as one batch that new requests join between steps (continuous batching).
 
 HTTP handlers `submit` a `Job` (a checked `ChatRequest` and a thread-safe `emit` for its events) and
-wait; the thread takes the oldest job plus every queued job that fits with it (at most `max_batch`
-rows, prompt lengths close enough that left padding wastes little; rows with and without an image mix)
-and decodes them as one batch (`batch_generate.generate_rows`). Staged search runs one request at a
-time. A failing batch is retried job by job, so one bad request fails alone and the thread goes on.
+wait. Between decode steps the thread admits queued jobs, oldest first, while the rows in flight stay
+within `max_batch` (a job's `n` choices are rows) and the prompt lengths are close enough that left
+padding wastes little; rows with and without an image mix. Each admission runs the new prompts in
+one forward and merges them into the running batch (`batch_generate.BatchDecoder`). A staged search
+runs alone, once the rows ahead of it have finished. When a step fails, the jobs in flight that have
+not sent anything yet are retried one by one, so one bad request fails alone and the thread goes on.
 
 Events a job receives, in order: {"type": "delta", "index", "text"} (streamed text), {"type": "choice",
 "index", "text", "finish_reason", "tokens"} per choice, {"type": "search", ...} (staged search only),
@@ -18,13 +20,12 @@ import contextlib
 import logging
 import math
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import torch
 
-from .batch_generate import RowRequest, generate_rows
+from .batch_generate import BatchDecoder, RowRequest
 from .image import Pixels, image_size_of, model_device_dtype
 from .options import REFERENCE_SAMPLING, SamplingOptions, SearchOptions, derive_seed
 from .sampling import make_generator
@@ -42,6 +43,9 @@ class Job:
     emit: Callable[[dict], None]
     cancel: threading.Event = field(default_factory=threading.Event)
     emitted: bool = False  # some event went out already (a failed job is then not retried)
+    solo: bool = False  # retried alone after a failed step
+    rows_left: int = 0
+    tokens: int = 0
 
     @property
     def rows(self) -> int:
@@ -71,23 +75,23 @@ class _Streamer:
             self.sent = text
 
 
-class ModelWorker:
-    """Owns the model; serves submitted jobs on one thread, batched (`start()` starts the thread).
+class _Stopping(Exception):
+    pass
 
-    batch_wait: while requests come concurrently (the last batch had several rows; a lone client never
-    waits), wait up to batch_wait plus a quarter of the last batch's time (at most MAX_GATHER seconds)
-    for as many rows as the last batch had: the clients it answered are likely sending their next ones.
-    length_slack: prompts of one batch differ by at most max(length_slack, half the longest) tokens.
+
+class ModelWorker:
+    """Owns the model; serves submitted jobs on one thread (`start()` starts it), batched as they come.
+
+    length_slack: a prompt joins the batch when its length and the batch's cached width differ by at
+    most max(length_slack, half the longer) tokens.
     """
 
-    MAX_GATHER = 0.1
-
     def __init__(self, model, tokenizer, *, template: str = "chat_old", max_batch: int = 8,
-                 batch_wait: float = 0.005, length_slack: int = 128, image_size=None):
+                 length_slack: int = 128, image_size=None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.tokenizer, self.template = model, tokenizer, template
-        self.max_batch, self.batch_wait, self.length_slack = max_batch, batch_wait, length_slack
+        self.max_batch, self.length_slack = max_batch, length_slack
         device, dtype = model_device_dtype(model)
         self.pixels = Pixels(image_size or image_size_of(model.args), device=device, dtype=dtype)
         self._waiting: Deque[Job] = collections.deque()
@@ -95,8 +99,8 @@ class ModelWorker:
         self._paused = 0
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
-        self._last_rows, self._last_seconds = 0, 0.0
-        self.batch_rows: Dict[int, int] = collections.Counter()  # rows in a batch -> how many batches
+        self.step_rows: Dict[int, int] = collections.Counter()  # rows decoded together -> how many steps
+        self.admit_rows: Dict[int, int] = collections.Counter()  # rows one admission added -> how many times
         self.counts: Dict[str, int] = collections.Counter()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -112,17 +116,20 @@ class ModelWorker:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, front: bool = False) -> None:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the server is shutting down")
-            self._waiting.append(job)
-            self.counts["requests"] += 1
+            if front:
+                self._waiting.appendleft(job)
+            else:
+                self._waiting.append(job)
+                self.counts["requests"] += 1
             self._cond.notify_all()
 
     @contextlib.contextmanager
     def paused(self):
-        """Hold the model thread between batches (jobs queue up meanwhile): for tests and maintenance."""
+        """Admit nothing new while held (jobs queue up; rows in flight go on): for tests and maintenance."""
         with self._cond:
             self._paused += 1
         try:
@@ -137,81 +144,107 @@ class ModelWorker:
             return len(self._waiting)
 
     def stats(self) -> dict:
+        """Counts, and `batch_rows` {rows: decode steps that ran that many rows together}."""
         with self._cond:
-            return {"max_batch": self.max_batch, "queued": len(self._waiting),
-                    "batches": sum(self.batch_rows.values()),
-                    "batch_rows": {str(k): v for k, v in sorted(self.batch_rows.items())},
+            steps = sum(self.step_rows.values())
+            return {"max_batch": self.max_batch, "queued": len(self._waiting), "steps": steps,
+                    "mean_rows_per_step": sum(k * v for k, v in self.step_rows.items()) / max(steps, 1),
+                    "batch_rows": {str(k): v for k, v in sorted(self.step_rows.items())},
+                    "admitted_rows": {str(k): v for k, v in sorted(self.admit_rows.items())},
                     **{k: self.counts[k] for k in ("requests", "served", "errors", "stage_searches")}}
 
-    # -- choosing a batch ------------------------------------------------------------------------
-    def _fits(self, first: ChatRequest, other: ChatRequest) -> bool:
-        a, b = len(first.prompt), len(other.prompt)
+    # -- admitting jobs --------------------------------------------------------------------------
+    def _fits(self, a: int, b: int) -> bool:
         return abs(a - b) <= max(self.length_slack, max(a, b) // 2)
 
-    def _next_batch(self) -> Optional[List[Job]]:
+    def _take(self, busy: int, width: int) -> Tuple[Optional[Job], List[Job]]:
+        """(a staged search to run now, plain jobs to admit); blocks only while nothing is in flight."""
         with self._cond:
-            while not self._stopping and (self._paused or not self._waiting):
+            while not self._stopping and busy == 0 and (self._paused or not self._waiting):
                 self._cond.wait()
             if self._stopping:
-                return None
-            if self.batch_wait > 0 and self._last_rows > 1:  # requests come concurrently: gather a few more
-                deadline = time.monotonic() + min(self.MAX_GATHER, self.batch_wait + self._last_seconds / 4)
-                want = min(self.max_batch, self._last_rows)
-                while sum(j.rows for j in self._waiting) < want and not self._stopping:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-            first = self._waiting[0]
-            if first.request.stage_search is not None:
-                return [self._waiting.popleft()]
-            batch, rows = [], 0
+                raise _Stopping()
+            if self._paused or not self._waiting:
+                return None, []
+            head = self._waiting[0]
+            if head.request.stage_search is not None or head.solo:  # alone, after the rows in flight
+                if busy:
+                    return None, []
+                job = self._waiting.popleft()
+                return (job, []) if job.request.stage_search is not None else (None, [job])
+            jobs, rows = [], busy
+            reference = width if busy else len(head.request.prompt)
             for job in list(self._waiting):
-                if job.request.stage_search is None and rows + job.rows <= self.max_batch and \
-                        self._fits(first.request, job.request):
-                    batch.append(job)
+                if job.request.stage_search is not None or job.solo:
+                    break  # first come, first served: nothing overtakes a job that must run alone
+                if rows + job.rows <= self.max_batch and self._fits(reference, len(job.request.prompt)):
+                    jobs.append(job)
                     rows += job.rows
-            for job in batch:
+            for job in jobs:
                 self._waiting.remove(job)
-            return batch
+            return None, jobs
 
     def _loop(self) -> None:
+        decoder = BatchDecoder(self.model, self.tokenizer)
+        in_flight: List[Job] = []
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            try:
+                search, jobs = self._take(len(decoder), decoder.width)
+            except _Stopping:
                 return
-            batch = [j for j in batch if not j.cancel.is_set()]
-            if not batch:
+            if search is not None:
+                self._guarded(search, lambda: self._serve_search(search))
+                continue
+            jobs = [j for j in jobs if not j.cancel.is_set()]
+            if jobs:
+                try:
+                    self._admit(decoder, jobs)
+                    in_flight += jobs
+                except Exception:  # noqa: BLE001 - the thread must outlive any one request
+                    log.exception("admitting %d request(s) failed", len(jobs))
+                    for job in jobs:
+                        self._retry_or_fail(job)
+            if not len(decoder):
                 continue
             try:
-                self._serve(batch)
-            except Exception:  # noqa: BLE001 - the thread must outlive any one batch
-                log.exception("batch of %d request(s) failed; serving them one by one", len(batch))
-                for job in batch:
-                    if job.emitted:
-                        self._fail(job, "the server failed while answering this request")
-                        continue
-                    try:
-                        self._serve([job])
-                    except Exception as e:  # noqa: BLE001
-                        log.exception("request failed")
-                        self._fail(job, f"the server failed on this request: {type(e).__name__}: {e}")
+                with self._cond:
+                    self.step_rows[len(decoder)] += 1
+                changed = decoder.step()
+            except Exception:  # noqa: BLE001
+                log.exception("a decode step of %d row(s) failed", len(decoder))
+                for job in in_flight:
+                    if job.rows_left > 0:
+                        self._retry_or_fail(job)
+                decoder, in_flight = BatchDecoder(self.model, self.tokenizer), []
+                continue
+            self._deliver(changed)
+            in_flight = [j for j in in_flight if j.rows_left > 0]
+
+    def _guarded(self, job: Job, serve: Callable[[], None]) -> None:
+        try:
+            serve()
+            self.counts["served"] += 1
+        except Exception as e:  # noqa: BLE001
+            log.exception("request failed")
+            self._fail(job, f"the server failed on this request: {type(e).__name__}: {e}")
+
+    def _retry_or_fail(self, job: Job) -> None:
+        """After a failure: a job that sent nothing yet runs again alone; the others get an error."""
+        if job.emitted or job.solo or job.cancel.is_set():
+            self._fail(job, "the server failed while answering this request")
+        else:
+            job.solo, job.rows_left, job.tokens = True, 0, 0
+            self.submit(job, front=True)
 
     def _fail(self, job: Job, message: str) -> None:
         self.counts["errors"] += 1
+        job.rows_left = 0
         job.send({"type": "error", "message": message})
 
-    def _serve(self, batch: List[Job]) -> None:
-        if batch[0].request.stage_search is not None:
-            self._serve_search(batch[0])
-        else:
-            self._serve_plain(batch)
-        self.counts["served"] += len(batch)
-
-    # -- plain requests: one batch ---------------------------------------------------------------
-    def _serve_plain(self, jobs: List[Job]) -> None:
-        start = time.perf_counter()
-        requests, owners, embeds = [], [], []
+    # -- plain requests: rows of the running batch -----------------------------------------------
+    def _admit(self, decoder: BatchDecoder, jobs: List[Job]) -> None:
+        """The jobs' choices join the batch (their images through the ViT in one call)."""
+        requests, tags, embeds = [], [], []
         with_image = [j for j in jobs if j.request.image is not None]
         if with_image:
             with torch.no_grad():
@@ -222,39 +255,39 @@ class ModelWorker:
                 generator = make_generator(None if r.seed is None else derive_seed(r.seed, c))
                 requests.append(RowRequest(r.prompt, r.sampling, r.max_new_tokens, r.stop, generator, job.cancel))
                 hold = max((len(s) for s in r.stop), default=1) - 1
-                owners.append((job, c, _Streamer(job, c, hold) if r.stream else None))
+                tags.append((job, c, _Streamer(job, c, hold) if r.stream else None))
                 if r.image is not None:
                     embeds.append(images[with_image.index(job)])
-        self._last_rows = len(requests)
-        with self._cond:
-            self.batch_rows[len(requests)] += 1
-
-        def on_step(changed):
-            for a, row in changed:
-                job, c, streamer = owners[a]
-                if streamer is not None and row.finish != "cancelled":
-                    streamer.update(row.text, final=row.finish is not None)
-                if row.finish is not None and row.finish != "cancelled":
-                    job.send({"type": "choice", "index": c, "text": row.text,
-                              "finish_reason": FINISH_REASONS[row.finish], "tokens": len(row.tokens)})
-
-        rows = generate_rows(self.model, self.tokenizer, requests, torch.stack(embeds) if embeds else None,
-                             on_step=on_step)
-        self._last_seconds = time.perf_counter() - start
-        spent: Dict[int, int] = collections.Counter()
-        for (job, _, _), row in zip(owners, rows):
-            spent[id(job)] += len(row.tokens)
+        decoder.add(requests, torch.stack(embeds) if embeds else None, tags)
         for job in jobs:
-            job.send({"type": "done", "prompt_tokens": len(job.request.prompt), "completion_tokens": spent[id(job)]})
-        log.info("batch: %d row(s) from %d request(s), %d token(s) at most, %.3f s", len(requests), len(jobs),
-                 max(len(r.tokens) for r in rows), time.perf_counter() - start)
+            job.rows_left, job.tokens = job.rows, 0
+        with self._cond:
+            self.admit_rows[len(requests)] += 1
+        log.info("admitted %d row(s) from %d request(s); %d row(s) in flight", len(requests), len(jobs),
+                 len(decoder))
+
+    def _deliver(self, changed) -> None:
+        """Stream deltas, finished choices and, when a job's last choice is done, its usage."""
+        for (job, c, streamer), row in changed:
+            if row.finish == "cancelled":
+                job.rows_left -= 1
+                continue
+            if streamer is not None:
+                streamer.update(row.text, final=row.finish is not None)
+            if row.finish is None:
+                continue
+            job.send({"type": "choice", "index": c, "text": row.text, "finish_reason": FINISH_REASONS[row.finish],
+                      "tokens": len(row.tokens)})
+            job.rows_left -= 1
+            job.tokens += len(row.tokens)
+            if job.rows_left == 0:
+                job.send({"type": "done", "prompt_tokens": len(job.request.prompt), "completion_tokens": job.tokens})
+                self.counts["served"] += 1
 
     # -- staged search: one request --------------------------------------------------------------
     def _serve_search(self, job: Job) -> None:
         r, spec = job.request, job.request.stage_search
-        self._last_rows = 1
         with self._cond:
-            self.batch_rows[1] += 1
             self.counts["stage_searches"] += 1
         sampling = REFERENCE_SAMPLING
         if r.sampling_given:

@@ -152,7 +152,7 @@ def test_the_sdk_sees_a_400_and_the_server_keeps_serving(tiny_server, client):
 def test_eight_concurrent_requests_are_answered_in_one_batch(tiny_server, client):
     questions = [f"Question {k}: " + "what " * k for k in range(8)]  # different lengths: left padding
     expected = [greedy(tiny_server, q) for q in questions]
-    before = tiny_server.worker.stats()["batch_rows"].get("8", 0)
+    before = tiny_server.worker.stats()
     with ThreadPoolExecutor(8) as pool:
         with tiny_server.worker.paused():  # all 8 are queued before the model thread takes a batch
             futures = [pool.submit(ask, client, q, max_tokens=8, temperature=0) for q in questions]
@@ -161,6 +161,34 @@ def test_eight_concurrent_requests_are_answered_in_one_batch(tiny_server, client
                 time.sleep(0.01)
         answers = [f.result().choices[0].message.content.strip() for f in futures]
     assert answers == expected  # batched answers equal one-at-a-time ones
-    assert tiny_server.worker.stats()["batch_rows"].get("8", 0) == before + 1
     stats = httpx.get(f"{tiny_server.url}/stats").json()
-    assert stats["batch_rows"]["8"] >= 1 and stats["errors"] == 0
+    assert stats["admitted_rows"]["8"] == before["admitted_rows"].get("8", 0) + 1  # all 8 joined at once
+    assert stats["batch_rows"]["8"] > before["batch_rows"].get("8", 0)  # and were decoded together
+    assert stats["errors"] == 0 and stats["served"] == before["served"] + 8
+
+
+def test_a_failing_request_fails_alone_and_the_server_goes_on(tiny_server, client, monkeypatch):
+    from inference.batch_generate import BatchDecoder
+    real_add = BatchDecoder.add
+
+    def add_failing_on_seven(self, requests, *args, **kw):  # a fault tied to one request (max_tokens=7)
+        if any(r.max_new_tokens == 7 for r in requests):
+            raise RuntimeError("injected fault")
+        return real_add(self, requests, *args, **kw)
+
+    monkeypatch.setattr(BatchDecoder, "add", add_failing_on_seven)
+    errors = tiny_server.worker.stats()["errors"]
+    with ThreadPoolExecutor(2) as pool:
+        with tiny_server.worker.paused():  # both are admitted together, so the fault hits the good one too
+            good = pool.submit(ask, client, "fine", max_tokens=8, temperature=0)
+            bad = pool.submit(ask, client, "fails", max_tokens=7, temperature=0)
+            deadline = time.monotonic() + 60
+            while tiny_server.worker.queued() < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert good.result().choices[0].message.content.strip() == greedy(tiny_server, "fine")  # retried alone
+        with pytest.raises(openai.InternalServerError) as e:
+            bad.result()
+    assert e.value.status_code == 500 and e.value.body["type"] == "server_error"
+    assert tiny_server.worker.stats()["errors"] == errors + 1
+    monkeypatch.undo()
+    assert ask(client, "after", max_tokens=3).choices[0].finish_reason in ("stop", "length")
