@@ -5,6 +5,8 @@
 - `SelfJudge` ("self"): the model itself answers the LLaVA-CoT judge prompts (stage-specific, "Since
   [reason], I choose response [1/2]."), with the extra correct/incorrect check of the reasoning stage.
 - `ApiJudge` ("api"): the same prompts sent to an OpenAI-compatible chat endpoint.
+- `ConsistencyJudge` ("consistency", inference/consistency_judge.py): each candidate is continued
+  greedily to a conclusion; the one that reaches the majority conclusion wins.
 
 A verdict that cannot be parsed (a small or untrained model writes anything) falls back, always the
 same way, to the mean log-probability comparison; the fallback is logged and marked in the verdict.
@@ -66,6 +68,9 @@ class Match:
     ask: Optional[Callable[[str, bool, int], str]] = None
     # several (query, with_image, seed) at once -> their texts; the fast search decodes them as one batch
     ask_many: Optional[Callable[[Sequence[Tuple[str, bool, int]]], List[str]]] = None
+    candidates: Sequence["Candidate"] = ()  # every candidate of this step (the pair is two of them)
+    # token lists -> greedy continuations of the answer so far followed by each, to the last end tag
+    complete_many: Optional[Callable[[Sequence[Sequence[int]]], List[str]]] = None
 
 
 class Judge:
@@ -320,7 +325,7 @@ class ApiJudge(PromptJudge):
             raise JudgeError(str(e)) from None
 
 
-JUDGES = ("self", "logprob", "api")
+JUDGES = ("self", "logprob", "consistency", "api")
 
 
 def make_judge(name: Union[str, Judge], **api_kwargs) -> Judge:
@@ -331,6 +336,9 @@ def make_judge(name: Union[str, Judge], **api_kwargs) -> Judge:
         return LogprobJudge()
     if name == "self":
         return SelfJudge()
+    if name == "consistency":
+        from .consistency_judge import ConsistencyJudge
+        return ConsistencyJudge()
     if name == "api":
         if not api_kwargs.get("base_url") or not api_kwargs.get("model"):
             raise ValueError("the api judge needs base_url and model (--api-base, --api-model)")

@@ -33,7 +33,7 @@ def add_search_args(p: argparse.ArgumentParser, n_flag: str = "--stage-search", 
         g.add_argument("--stage-search", type=int, default=0, metavar="N",
                        help="answer with staged search, N candidates per stage (0: plain chat)")
         g.add_argument("--search-mode", default="stage", choices=SEARCH_MODES)
-    g.add_argument("--judge", default=judge, choices=("self", "logprob", "api"))
+    g.add_argument("--judge", default=judge, choices=("self", "logprob", "consistency", "api"))
     g.add_argument("--reference", action="store_true",
                    help="run the search like the reference code (sequential, full re-encode): for comparison")
     g.add_argument("--max-stage-tokens", type=int, default=256, help="cap on one candidate of one step")

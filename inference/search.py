@@ -87,6 +87,17 @@ class _Runner:
     def answer_text(self, extra: Sequence[int] = ()) -> str:
         return self.s.tokenizer.decode(self.answer_ids + list(extra))
 
+    def completion_prompt(self, extra: Sequence[int]) -> Prompt:
+        """The question and the answer so far followed by `extra` (a candidate's tokens)."""
+        return self.prompt.extended(self.answer_ids + list(extra))
+
+    def completion_settings(self):
+        """(greedy sampling, stop at the last stage's end tag, token cap) of a quick continuation."""
+        s = self.s
+        cap = max(1, s.options.max_new_tokens - len(self.answer_ids))
+        return (s.options.sampling.replace(temperature=0.0, max_new_tokens=cap),
+                StopCriteria(strings=(s.options.stages[-1].end,)), cap)
+
     def _judge_prompt(self, query, with_image: bool) -> Prompt:
         s = self.s
         return build_prompt(s.tokenizer, query, image_length=s.image_length, template=s.template,
@@ -146,6 +157,23 @@ class FastRunner(_Runner):
     def ask(self, query: str, with_image: bool, seed: int) -> str:
         return self.ask_many([(query, with_image, seed)])[0]
 
+    def complete_many(self, extras: Sequence[Sequence[int]]) -> List[str]:
+        """Greedy continuations (to the last stage's end tag) of the answer so far followed by each of
+        `extras`, decoded as one batch over their common prefix (the image span's cache is reused)."""
+        s = self.s
+        options, stop, cap = self.completion_settings()
+        prompts = [self.completion_prompt(extra) for extra in extras]
+        if len(prompts) == 1:
+            prefix = self._cached(prompts[0], len(prompts[0]))
+            return [generate_one(s.model, prefix, make_generator(0), options=options, stop=stop,
+                                 tokenizer=s.tokenizer, max_new_tokens=cap).text]
+        first = prompts[0]
+        common = min(min(common_prefix_length(first.input_ids, p.input_ids), len(p) - 1) for p in prompts)
+        head = self._cached(first, common, need_logits=False)
+        rows = generate_ragged(s.model, head, prompts, [make_generator(0) for _ in prompts], options=options,
+                               stop=stop, tokenizer=s.tokenizer, max_new_tokens=cap)
+        return [row.text for row in rows]
+
     def ask_many(self, requests) -> List[str]:
         """Judge prompts answered together: those with a common prefix decode as one batch over it."""
         s = self.s
@@ -203,6 +231,14 @@ class ReferenceRunner(_Runner):
 
     def ask_many(self, requests) -> List[str]:
         return [self.ask(q, img, seed) for q, img, seed in requests]
+
+    def complete_many(self, extras: Sequence[Sequence[int]]) -> List[str]:
+        """Greedy continuations, one at a time, each with image and prefix re-encoded."""
+        s = self.s
+        options, stop, cap = self.completion_settings()
+        return [generate_one(s.model, self._encode(self.completion_prompt(extra)), make_generator(0),
+                             options=options, stop=stop, tokenizer=s.tokenizer, max_new_tokens=cap).text
+                for extra in extras]
 
     def ask(self, query, with_image: bool, seed: int) -> str:
         s = self.s
@@ -327,7 +363,8 @@ class StagedSearch:
             pairs = [(m, resolved[plan[m][0]], resolved[plan[m][1]]) for m in round_]
             items = [(Match(question=question, kind=kind, stage=stage, stages=self.options.stages,
                             previous=previous, seed=derive_seed(seed, index, "match", m), step_seed=step_seed,
-                            image=runner.image, ask=runner.ask, ask_many=runner.ask_many), cands[i], cands[j])
+                            image=runner.image, ask=runner.ask, ask_many=runner.ask_many, candidates=cands,
+                            complete_many=runner.complete_many), cands[i], cands[j])
                      for m, i, j in pairs]
             for (m, i, j), verdict in zip(pairs, self.judge.judge_many(items)):
                 winner = i if verdict.winner == 0 else j

@@ -166,3 +166,32 @@ def test_make_judge_names():
         make_judge("api")
     with pytest.raises(ValueError, match="unknown judge"):
         make_judge("oracle")
+
+
+def test_consistency_judge_keeps_the_candidate_that_reaches_the_majority_conclusion():
+    from inference.consistency_judge import ConsistencyJudge
+    from inference.judges import Candidate, Match
+    from inference.options import DEFAULT_STAGES
+    cands = [Candidate(k, [10 + k], f"caption {k}", f"<CAPTION> caption {k} </CAPTION>", "stop", [lp])
+             for k, lp in enumerate([-0.1, -0.2, -0.3, -0.4])]
+    rests = {10: " <CONCLUSION> B </CONCLUSION>", 11: " <CONCLUSION> A </CONCLUSION>",
+             12: " <CONCLUSION> A. </CONCLUSION>", 13: " <CONCLUSION>  a </CONCLUSION>"}
+    asked = []
+
+    def complete_many(extras):
+        asked.append([tuple(e) for e in extras])
+        return [rests[e[0]] for e in extras]
+
+    match = Match(question="Q", kind="caption", stage=DEFAULT_STAGES[1], stages=DEFAULT_STAGES, previous="",
+                  seed=1, step_seed=7, candidates=cands, complete_many=complete_many)
+    judge = ConsistencyJudge()
+    v = judge(match, cands[0], cands[1])  # 0 has the better log-prob but the minority conclusion
+    assert v.winner == 1 and judge.majority == "a" and not v.fallback
+    assert judge(match, cands[2], cands[3]).winner == 0  # both agree: the log-prob decides
+    assert len(asked) == 1  # one batch of continuations for the whole step
+    # a tie between two conclusions is no majority: log-prob
+    rests.update({12: " <CONCLUSION> B </CONCLUSION>", 13: " <CONCLUSION> B </CONCLUSION>"})
+    rests.update({11: " <CONCLUSION> A </CONCLUSION>", 10: " <CONCLUSION> A </CONCLUSION>"})
+    tie = Match(question="Q", kind="caption", stage=DEFAULT_STAGES[1], stages=DEFAULT_STAGES, previous="",
+                seed=1, step_seed=8, candidates=cands, complete_many=complete_many)
+    assert judge(tie, cands[3], cands[0]).winner == 1 and judge.majority is None

@@ -137,3 +137,10 @@ def test_every_judgment_is_logged(tiny_vlm, tmp_path):
         assert line["winner"] == step.winner and line["verdict"] in (1, 2) and line["reason"]
         # a random tiny model writes no parsable verdict: the fallback is deterministic and marked
         assert line["fallback"] == ("fell back" in line["reason"])
+
+
+def test_stage_mode_fast_equals_reference_with_the_consistency_judge(tiny_vlm):
+    model, tok = tiny_vlm
+    (fast, _), (ref, _) = _run(model, tok, "consistency", mode="stage", n=4, max_step_tokens=3, max_new_tokens=14)
+    _same_choices(fast, ref)
+    assert all(j["judge"] == "consistency" and "majority" in j["raw"] for s in fast.steps for j in s.judgments)
