@@ -81,6 +81,7 @@ from .cot_format import LETTERS, format_options, four_stage, tsv_row_to_prompt  
 from .synth_items import (CATEGORIES, DEFAULT_OPTION_ORDER, MAX_ANSWER, NUMBER_OPTIONS, OPTION_ORDERS,  # noqa: F401
                           ANSWER_STYLES, DEFAULT_ANSWER_STYLE, Item, _check_option_order, check_answer_style,
                           make_item)
+from .synth_judge import judge_count, judge_sample
 from .synth_scene import (AXIS_COLOR, BACKGROUND, COLORS, DEFAULT_IMAGE_SIZE, MAX_OBJECTS, MIN_IMAGE_SIZE,  # noqa: F401
                           PALETTE, SHAPE_DISTRACTOR, SHAPES)
 
@@ -135,13 +136,15 @@ def _check_categories(categories: Optional[Sequence[str]]) -> List[str]:
 
 def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Optional[int] = None,
              image_size: int = DEFAULT_IMAGE_SIZE, categories: Optional[Sequence[str]] = None,
-             option_order: str = DEFAULT_OPTION_ORDER, answer_style: str = DEFAULT_ANSWER_STYLE, *,
-             progress: bool = True) -> Dict[str, Path]:
+             option_order: str = DEFAULT_OPTION_ORDER, answer_style: str = DEFAULT_ANSWER_STYLE,
+             judge_data: float = 0.0, *, progress: bool = True) -> Dict[str, Path]:
     """Write `n` training and `n_test` held-out items into `out_dir` (see the module docstring).
 
     Item i of a split has category ``categories[i % len(categories)]`` and is drawn from
     ``item_rng(seed, split, i)``. Returns the paths: ``out_dir``, ``images``, ``train``, ``test``, ``tsv``.
     Existing files of the same names are overwritten; nothing else in `out_dir` is touched.
+    `judge_data` > 0 appends round(n * judge_data) judge-prompt samples to train.jsonl (ids
+    synth-judge-NNNNNN, category "judge"; see dataset/synth_judge.py), made from training items only.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -151,6 +154,7 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
     cats = _check_categories(categories)
     _check_option_order(option_order)  # before any file is written
     check_answer_style(answer_style)
+    n_judge = judge_count(n, judge_data) if n else 0
     out = Path(out_dir)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -158,7 +162,7 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
              "test": out / "test.jsonl", "tsv": out / "test.tsv"}
 
     from tqdm import tqdm
-    bar = tqdm(total=n + n_test, desc="synth", unit="item", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=n + n_judge + n_test, desc="synth", unit="item", disable=not progress, file=sys.stderr)
     try:
         with open(paths["train"], "w", encoding="utf-8", newline="\n") as f:
             for i in range(n):
@@ -167,6 +171,9 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
                 item_id = f"synth-{i + 1:06d}"
                 (images / f"{item_id}.png").write_bytes(png_bytes(item.image))
                 f.write(json.dumps(_record(item_id, f"images/{item_id}.png", item), ensure_ascii=False) + "\n")
+                bar.update(1)
+            for j, rec in enumerate(_judge_records(seed, n, n_judge, cats, image_size, option_order)):
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 bar.update(1)
         with open(paths["test"], "w", encoding="utf-8", newline="\n") as fj, \
                 open(paths["tsv"], "w", encoding="utf-8", newline="") as ft:
@@ -186,6 +193,25 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
     finally:
         bar.close()
     return paths
+
+
+def _judge_records(seed: int, n: int, count: int, cats, image_size: int, option_order: str):
+    """`count` judge-prompt records, each made from a training item (its image file is reused)."""
+    made = 0
+    j = 0
+    while made < count:
+        rng = item_rng(seed, "judge", j)
+        j += 1
+        i = rng.randrange(n)
+        item = make_item(item_rng(seed, "train", i), cats[i % len(cats)], image_size, option_order, "tagged")
+        sample = judge_sample(item.prompt, item.text, rng)
+        if sample is None:  # the stage drawn names no value (e.g. "Counting all shapes gives 0."): draw again
+            continue
+        made += 1
+        yield {"id": f"synth-judge-{made:06d}", "image": f"images/synth-{i + 1:06d}.png",
+               "conversations": [{"from": "human", "value": "<image>\n" + sample["prompt"]},
+                                 {"from": "gpt", "value": sample["verdict"]}],
+               "category": "judge", "stage": sample["stage"]}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -242,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "text without tags (ending 'So the answer is X, option L.'); direct: the conclusion stage "
                         f"alone, '<CONCLUSION> L </CONCLUSION>' (default: {DEFAULT_ANSWER_STYLE}). Images, options "
                         "and letters are the same in every style")
+    p.add_argument("--judge-data", type=float, default=0.0, metavar="FRACTION",
+                   help="also write FRACTION * N judge-prompt samples into train.jsonl: the LLaVA-CoT judge "
+                        "prompt over two candidate stages of a training item (one right, one with a value, "
+                        "count or letter changed) answered 'Since ..., I choose response K.' (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -251,7 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         paths = generate(args.out, args.n, args.seed, n_test=args.n_test, image_size=args.image_size,
                          categories=args.categories, option_order=args.option_order,
-                         answer_style=args.answer_style,
+                         answer_style=args.answer_style, judge_data=args.judge_data,
                          progress=not args.no_progress)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -179,6 +179,9 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
         p.add(g, "--synth-answer-style", default="tagged", choices=["tagged", "plain", "direct"],
               help="tagged: the four LLaVA-CoT stages; plain: the same reasoning without tags; direct: the "
                    "<CONCLUSION> stage alone (benchmarks/cot_ablation.py compares them)")
+        p.add(g, "--synth-judge-data", type=float, default=0.0, metavar="FRACTION",
+              help="add FRACTION x --synth-n judge-prompt samples (two candidate stages, one with a changed "
+                   "value; 'Since ..., I choose response K.'), to teach the self judge of staged search")
         p.add(g, "--data-dir", default="data", metavar="DIR", help="where synthetic data sets are written (and reused)")
     return p
 

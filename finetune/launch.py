@@ -18,7 +18,8 @@ from models.sat_compat import free_port
 
 ENTRY = Path(__file__).resolve().parent / "finetune.py"
 LAUNCH_ONLY = ("num_gpus", "num_nodes", "hostfile", "master_addr", "master_port",
-               "synth_n", "synth_n_test", "synth_seed", "synth_option_order", "data_dir", "recipe", "synth_answer_style")
+               "synth_n", "synth_n_test", "synth_seed", "synth_option_order", "data_dir", "recipe", "synth_answer_style",
+               "synth_judge_data")
 
 
 def cuda_available() -> bool:
@@ -30,6 +31,7 @@ def synthetic_data(opts) -> Path:
     """Generate (or reuse) the synthetic train/test split named by its size and seed."""
     from dataset import synth
     style = "" if opts.synth_answer_style == "tagged" else f"-{opts.synth_answer_style}"
+    style += f"-j{opts.synth_judge_data:g}" if opts.synth_judge_data else ""
     out = Path(opts.data_dir) / (f"synth-v{synth.FORMAT_VERSION}-{opts.synth_option_order}{style}-n{opts.synth_n}"
                                  f"-t{opts.synth_n_test}-s{opts.synth_seed}")
     done = out / ".complete"
@@ -38,7 +40,7 @@ def synthetic_data(opts) -> Path:
         return out
     t = time.time()
     synth.generate(out, n=opts.synth_n, seed=opts.synth_seed, n_test=opts.synth_n_test,
-                   option_order=opts.synth_option_order, answer_style=opts.synth_answer_style, progress=True)
+                   option_order=opts.synth_option_order, answer_style=opts.synth_answer_style, judge_data=opts.synth_judge_data, progress=True)
     done.write_text("ok\n")
     print(f"[data] generated {opts.synth_n} training + {opts.synth_n_test} held-out items in {out} "
           f"({time.time() - t:.0f} s)", flush=True)

@@ -20,6 +20,9 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from dataset.api_client import ApiClient, ApiError, EndpointDown, image_part, text_part
 from dataset.cot_format import stage_text
+# The LLaVA-CoT judge prompts live in dataset/judge_prompts.py (training data uses the same words).
+from dataset.judge_prompts import HINTS as _HINTS, PROMPTS, REASONING_CHECK  # noqa: F401
+from dataset.judge_prompts import comparison_prompt, reasoning_check_prompt
 
 from .options import StageSpec, derive_seed
 
@@ -97,50 +100,6 @@ def logprob_verdict(a: Candidate, b: Candidate, prefix: str = "", raw: str = "",
     return Verdict(0 if la >= lb else 1, f"{prefix}mean log-prob {la:.4f} vs {lb:.4f}", raw, fallback)
 
 
-# ----------------------------------------------------------------------------- the LLaVA-CoT judge prompts
-
-_INTRO = "Now you act as a judge, helping me determine which of the two texts I provide "
-PROMPTS = {  # kind -> (what "better" means, the reminder after the responses)
-    "all": ("better answers the question.", ""),
-    "sentence": ("is a better next sentence for the answer to the question.", ""),
-    "summary": (
-        "better provides a summary of what it should do to solve the question. The summary should focus on "
-        "outlining the main approach instead of stating specific analytical reasoning or math formula.",
-        "Please note that a better summary should focus on outlining the main approach instead of stating "
-        "specific analytical reasoning or math formula."),
-    "caption": (
-        "better summarizes the information in the image related to the question, and has fewer errors. It is "
-        "essential that the captions are as thorough as possible while remaining accurate, capturing as many "
-        "details as possible rather than providing only general commentary.",
-        "Please note that a better caption should be as thorough as possible while remaining accurate, capturing "
-        "as many details as possible rather than providing only general commentary."),
-    "reasoning": (
-        "better explains the reasoning process to solve the question, and has fewer errors. Begin by thoroughly "
-        "reviewing the question, followed by an in-depth examination of each answer individually, noting any "
-        "differences. Subsequently, analyze these differences to determine which response demonstrates "
-        "stronger reasoning and provide a clear conclusion.",
-        "Begin by thoroughly reviewing the question, followed by an in-depth examination of each answer "
-        "individually, noting any differences. Subsequently, analyze these differences to determine which "
-        "response demonstrates stronger reasoning and provide a clear conclusion."),
-    "conclusion": (
-        "offers a more effective conclusion to the question. The conclusion should align with the reasoning "
-        "presented in the hint. The conclusion should never refuse to answer the question.",
-        "Please note that a better conclusion should align with the reasoning presented in the hint. The "
-        "conclusion should never refuse to answer the question."),
-}
-_FORMAT = (" Please strictly follow the following format requirements when outputting, and don't have any other "
-           "unnecessary words.\n\nOutput format: \"Since [reason], I choose response [1/2].\"")
-REASONING_CHECK = (
-    "Now you act as a judge, helping me determine whether the reasoning process in the given text is correct and "
-    "accurate based on the given information.\nYou should assume that the given information about the image is "
-    "correct.\nYou should only consider the reasoning process itself, not the correctness of the background "
-    "information.\nIf the reasoning process involves any calculations, you should verify the accuracy of the "
-    "calculations.\nYou should output 'correct' if you don't find any errors in the reasoning process, and "
-    "'incorrect' if you find any errors.")
-# Hints per stage kind, as in the reference: the caption for reasoning, caption + reasoning for the conclusion.
-_HINTS = {"reasoning": ("CAPTION",), "conclusion": ("CAPTION", "REASONING")}
-
-
 tag_content = stage_text  # the stage's text in a reply: dataset.cot_format.stage_text
 
 
@@ -162,20 +121,12 @@ def judged_texts(match: Match, a: Candidate, b: Candidate) -> Tuple[List[str], O
 
 
 def judge_query(match: Match, outputs: Sequence[str], hint: Optional[str]) -> str:
-    """The comparison prompt of the reference judge (its head, intro + question, is the same for every
-    match of a step: the fast search reuses its cache)."""
-    better, recall = PROMPTS.get(match.kind, (
-        f"is a better {match.kind} for the answer to the question.", ""))
-    head = _INTRO + better + f"\n\nQuestion: {match.question}"
-    tail = f"\n\nHint about the Question: {hint}" if hint else ""
-    for i, out in enumerate(outputs):
-        tail += f"\nResponse {i + 1}: {out}"
-    tail += f"\n\n{recall}" + _FORMAT
-    return head + tail
+    """The comparison prompt of the reference judge for this match (dataset.judge_prompts)."""
+    return comparison_prompt(match.kind, match.question, outputs, hint)
 
 
 def reasoning_check_query(hint: Optional[str], reasoning: str) -> str:
-    return REASONING_CHECK + f"\n\nGiven Information: {hint}" + f"\n\nReasoning Process: {reasoning}"
+    return reasoning_check_prompt(hint, reasoning)
 
 
 _CHOICE = re.compile(r"choose\s+(?:the\s+)?(?:response|answer|text|option)?\s*\[?\s*#?\s*([12])(?![0-9])", re.I)

@@ -346,3 +346,29 @@ def test_cli_answer_style(tmp_path):
     for name in ("train.jsonl", "test.jsonl"):
         for rec in read_jsonl(tmp_path / "p" / name):
             assert rec["conversations"][1]["value"] == f"<CONCLUSION> {rec['answer']} </CONCLUSION>"
+
+
+def test_judge_data_compares_a_right_and_a_changed_stage(tmp_path):
+    import re
+    from dataset.cot_format import parse_stages
+    plain = generate(tmp_path / "plain", 12, 3, n_test=3, progress=False)
+    judged = generate(tmp_path / "judged", 12, 3, n_test=3, judge_data=0.5, progress=False)
+    recs = read_jsonl(judged["train"])
+    assert read_jsonl(plain["train"]) == recs[:12]  # the items themselves are unchanged
+    assert (tmp_path / "plain" / "test.tsv").read_bytes() == (tmp_path / "judged" / "test.tsv").read_bytes()
+    judge = recs[12:]
+    assert len(judge) == 6 and all(r["category"] == "judge" for r in judge)
+    items = {r["image"]: r for r in recs[:12]}
+    for r in judge:
+        source = items[r["image"]]  # made from a training item, with that item's image
+        prompt, verdict = r["conversations"][0]["value"], r["conversations"][1]["value"]
+        assert prompt.startswith("<image>\n") and source["conversations"][0]["value"][len("<image>\n"):] in prompt
+        k = int(re.fullmatch(r"Since .*, I choose response ([12])\.", verdict).group(1))
+        responses = dict(re.findall(r"\nResponse ([12]): (.*)", prompt))
+        right = parse_stages(source["conversations"][1]["value"])[r["stage"]]
+        assert responses[str(k)] == right and responses[str(3 - k)] != right
+        a, b = responses["1"].split(" "), responses["2"].split(" ")
+        changed = {(x.rstrip(".,"), y.rstrip(".,")) for x, y in zip(a, b) if x != y}
+        assert len(a) == len(b) and len(changed) == 1  # one value word changed (everywhere it occurs)
+    with pytest.raises(ValueError, match="fraction"):
+        generate(tmp_path / "bad", 4, 3, judge_data=1.5, progress=False)
