@@ -31,7 +31,8 @@ from finetune.lora import LoRAConfig, add_lora, freeze_for_lora
 from finetune.parts import PARTS, apply_freeze, check_partition, format_summary, parse_parts, trainable_summary
 from finetune.report import format_accuracy_table, plot_loss_curve, write_summary
 from dataset.stage_weights import format_stage_weights, parse_stage_weights
-from finetune.step import BetweenSteps, EvalStep, History, Progress, Schedule, TrainStep
+from finetune.token_report import CountingStep, TokenReport
+from finetune.step import BetweenSteps, EvalStep, History, Progress, Schedule, TrainStep, global_sums
 from models import sat_compat
 
 
@@ -118,6 +119,8 @@ class Run:
         self.t_train = None
         self.progress: Optional[Progress] = None
         self.step: Optional[TrainStep] = None
+        self.factory: Optional[DatasetFactory] = None
+        self.counting: Optional[CountingStep] = None  # pretraining: per-source modality counts
 
     # -- what trains ---------------------------------------------------------------------------
     def set_trainable(self) -> None:
@@ -162,6 +165,11 @@ class Run:
                                       decay_ratio=args.lr_decay_ratio)
         if self.rank == 0:
             self.step.progress = self.progress = Progress(total, self.opts.log_interval, printer=log)
+        if self.counting is not None:
+            names = self.factory.train_sources or [", ".join(self.opts.train_data or [])]
+            self.counting.report = TokenReport(names, self.opts.log_interval, total,
+                                               reduce=lambda v: global_sums(v, torch.device(args.device)),
+                                               printer=log, history=self.history, is_rank0=self.rank == 0)
         log(f"[run] checkpoints: {self.ckpt_dir}  (TensorBoard: {Path(args.summary_dir) / 'runs' / args.experiment_name})")
 
     def resume(self, engine, iteration: int) -> int:
@@ -228,8 +236,12 @@ class Run:
                                  streaming=arguments.streams(o), seed=o.seed, shuffle_buffer=o.shuffle_buffer)
         if o.stage_loss_weights:
             log(f"[data] per-stage loss weights: {format_stage_weights(parse_stage_weights(o.stage_loss_weights))}")
+        self.factory = factory
+        forward = step
+        if o.stage == "pretrain":
+            forward = self.counting = CountingStep(step)
         self.t_train = time.time()
-        engine = training_main(margs, model_cls=self.model, forward_step_function=step,
+        engine = training_main(margs, model_cls=self.model, forward_step_function=forward,
                                create_dataset_function=factory, collate_fn=make_collator(self.tokenizer.pad_token_id),
                                forward_step_eval=EvalStep(step, dtype=dtype), init_function=self.init_function)
         self.t_train = time.time() - self.t_train

@@ -102,8 +102,14 @@ class History:
     valid: List[dict] = field(default_factory=list)
     accuracy: List[dict] = field(default_factory=list)
 
+    other: Dict[str, List[dict]] = field(default_factory=dict)  # further kinds (data_mix, attention, ...)
+
+    def records(self, kind: str) -> List[dict]:
+        """The list of one kind of record (train, valid, accuracy, or any other kind added)."""
+        return getattr(self, kind) if kind in ("train", "valid", "accuracy") else self.other.setdefault(kind, [])
+
     def add(self, kind: str, record: dict) -> None:
-        getattr(self, kind).append(record)
+        self.records(kind).append(record)
         if self.path:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"kind": kind, **record}) + "\n")
@@ -119,10 +125,10 @@ class History:
                 if line.strip():
                     rec = json.loads(line)
                     if rec["step"] <= keep_until:
-                        getattr(self, rec.pop("kind")).append(rec)
+                        self.records(rec.pop("kind")).append(rec)
         with open(path, "w") as f:
-            for kind in ("train", "valid", "accuracy"):
-                for r in getattr(self, kind):
+            for kind in ("train", "valid", "accuracy", *self.other):
+                for r in self.records(kind):
                     f.write(json.dumps({"kind": kind, **r}) + "\n")
         return self
 

@@ -5,6 +5,7 @@ import json
 import pytest
 from PIL import Image
 
+from dataset.shards import write_shards
 from tests.test_finetune_run import launch, run_dir, train_log
 
 
@@ -20,16 +21,26 @@ def corpus(tmp_path_factory):
     mixed = caps[:4] + [{"images": ["img0.png", "img1.png"], "text": "one <image> and two <image> end"},
                         {"text": "plain text with no image at all"}]
     (out / "mixed.json").write_text(json.dumps(mixed))
+    write_shards([str(out / "caps.jsonl")], str(out / "shards" / "cap-%03d.tar"), shard_size=4)
     return out
 
 
 def test_pretrain_stage_runs_end_to_end(corpus, tmp_path):
-    rc, out = launch("--stage", "pretrain", "--train-data", corpus / "mixed.json", "--train-iters", 3,
-                     "--batch-size", 2, "--log-interval", 1, "--skip-accuracy", "--save", tmp_path,
-                     "--experiment-name", "pt")
+    """A data mix of a record file (captions, an interleaved document, plain text) and tar shards."""
+    shards = corpus / "shards" / "cap-{000..002}.tar"
+    rc, out = launch("--stage", "pretrain", "--data-mix", f"{corpus / 'mixed.json'}:0.5,{shards}:0.5",
+                     "--train-iters", 3, "--batch-size", 2, "--log-interval", 1, "--skip-accuracy",
+                     "--save", tmp_path, "--experiment-name", "pt")
     assert rc == 0, out[-3000:]
     assert "6 samples of 6 records read" in out
+    assert "[data-mix] sources (weight, samples):" in out and "50.0%" in out and "(streamed)" in out
     ckpt = run_dir(tmp_path)
     assert (ckpt / "3" / "mp_rank_00_model_states.pt").is_file()
     losses = [r["loss"] for r in train_log(ckpt)]
     assert len(losses) == 3 and all(l == l and l > 0 for l in losses)
+    mix = train_log(ckpt, "data_mix")
+    assert [r["step"] for r in mix] == [1, 2, 3]
+    last = mix[-1]
+    assert last["overall"]["samples"] == 6 and sum(r["samples"] for r in last["sources"].values()) == 6
+    assert last["overall"]["trained_tokens"] > 0 and last["overall"]["image_tokens"] > 0
+    assert "[data] step 3:" in out
