@@ -38,10 +38,10 @@ def free_port() -> int:
 
 
 def start_server(args, port: int) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "inference.server", "--from_pretrained", args.from_pretrained, "--port", str(port),
-           "--max-batch", str(args.max_batch), "--device", args.device, "--log-level", "warning"]
+           "--max-batch", str(args.max_batch), "--device", args.device, "--threads", str(args.threads),
+           "--log-level", "warning"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

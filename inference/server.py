@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-tokens", type=int, default=512, help="max_tokens of a request that sends none")
     g.add_argument("--served-model-name", default=None,
                    help="the model id clients send (default: the checkpoint folder's name or the preset)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, one per core); on a busy machine 1 keeps OpenMP "
+                        "threads from spinning against each other")
     g.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -91,7 +94,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.image_root is not None and not os.path.isdir(args.image_root):
         print(f"--image-root {args.image_root} is not a folder", file=sys.stderr)
         return 2
+    import torch
     import uvicorn
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     try:
         model, tokenizer, template = load_model(args)
     except (OSError, ValueError, KeyError) as e:
