@@ -43,27 +43,82 @@ from inference.options import REFERENCE_SAMPLING, SEARCH_MODES, SearchOptions, d
 from inference.search import StagedSearch  # noqa: E402
 
 
+def held_bytes(obj, seen=None) -> int:
+    """Bytes of the distinct tensor storages `obj` (a cache, or anything holding tensors in attributes,
+    dicts, lists or tuples) keeps alive: what was allocated, whatever the cache itself reports."""
+    storages = {} if seen is None else seen
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            storages[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif hasattr(x, "__dict__") and not isinstance(x, type):
+            stack.extend(vars(x).values())
+    return sum(storages.values())
+
+
+class HeldKV:
+    """A forward hook recording the largest storage a KV cache held right after a forward (`held_bytes`)."""
+
+    def __init__(self, model):
+        self.peak = 0
+        self._handle = model.register_forward_hook(self._after, with_kwargs=True)
+
+    def _after(self, module, args, kwargs, output):
+        cache = kwargs.get("kv_cache")
+        if cache is not None:
+            self.peak = max(self.peak, held_bytes(cache))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
 class PeakMemory:
-    """Peak memory over a block, above its level at the start (bytes); `kind` says what was measured."""
+    """Peak memory over a block, above its level at the start (bytes); `kind` says what was measured.
+
+    CUDA: torch.cuda.max_memory_allocated. CPU: the process's peak RSS (VmHWM), reset at the start by
+    writing 5 to /proc/self/clear_refs (Linux >= 4.0); where that is refused, RSS sampled every 2 ms."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.kind = "cuda max_memory_allocated" if self.cuda else "CPU peak RSS (sampled)"
+        self.kind = "cuda max_memory_allocated" if self.cuda else "CPU peak RSS"
 
     def __enter__(self):
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
-        else:
-            import ctypes
-            import psutil
-            try:  # hand freed heap back to the OS first, so this run's growth shows in the RSS
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
-            except OSError:
-                pass
-            self._proc = psutil.Process()
-            self.start = self.peak_rss = self._proc.memory_info().rss
+            return self
+        import ctypes
+        import psutil
+        try:  # hand freed heap back to the OS first, so this run's growth shows in the RSS
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        self._proc = psutil.Process()
+        self.start = self.peak_rss = self._proc.memory_info().rss
+        self._thread = None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            self.kind = "CPU peak RSS (VmHWM)"
+        except OSError:
+            self.kind = "CPU peak RSS (sampled)"
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -77,11 +132,16 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated() - self.start
-        else:
+            self.process_peak = self.peak + self.start
+            return
+        if self._thread is not None:
             self._stop.set()
             self._thread.join()
             self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
-            self.peak = self.peak_rss - self.start
+        else:
+            self.peak_rss = _status_kb("VmHWM") * 1024
+        self.peak = self.peak_rss - self.start
+        self.process_peak = self.peak_rss
 
 
 def questions(k: int, image_size: int, seed: int):
@@ -93,7 +153,7 @@ def run(model, tokenizer, template, qs, opts: SearchOptions, judge: str, judge_t
     opts = opts.replace(judge_sampling=REFERENCE_SAMPLING.replace(max_new_tokens=judge_tokens))
     search = StagedSearch(model, tokenizer, judge=judge, options=opts, template=template)
     texts = []
-    with ForwardCounter(model) as count, PeakMemory(device) as mem:
+    with ForwardCounter(model) as count, HeldKV(model) as held, PeakMemory(device) as mem:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -103,8 +163,8 @@ def run(model, tokenizer, template, qs, opts: SearchOptions, judge: str, judge_t
             torch.cuda.synchronize()
         wall = time.perf_counter() - start
     return {"wall_s": wall, **count.snapshot(), "peak_mem_mb": mem.peak / 2 ** 20, "mem_kind": mem.kind,
-            "kv_peak_mb": count.kv_peak_bytes / 2 ** 20,
-            "texts": texts}
+            "process_peak_mb": mem.process_peak / 2 ** 20, "kv_peak_mb": count.kv_peak_bytes / 2 ** 20,
+            "kv_held_mb": held.peak / 2 ** 20, "texts": texts}
 
 
 def main(argv=None) -> int:
@@ -140,7 +200,7 @@ def main(argv=None) -> int:
     run(model, tokenizer, template, qs[:1], SearchOptions(mode=args.mode, n=2, max_step_tokens=2), args.judge, 2,
         device)
     header = (f"{'N':>3} {'runner':<10} {'wall s':>8} {'LM tokens':>10} {'LM calls':>9} {'ViT imgs':>9} "
-              f"{'KV MB':>7} {'peak MB':>8} {'same':>5}")
+              f"{'KV MB':>7} {'KV held':>8} {'peak MB':>8} {'RSS MB':>7} {'same':>5}")
     rows, summary, kind = [header, "-" * len(header)], {}, None
     for n in [int(x) for x in args.ns.split(",")]:
         runs = {True: [], False: []}
@@ -155,18 +215,25 @@ def main(argv=None) -> int:
         for reference, rs in runs.items():
             assert all(r["texts"] == rs[0]["texts"] and r["lm_tokens"] == rs[0]["lm_tokens"] for r in rs)
             res[reference] = min(rs, key=lambda r: r["wall_s"])
-            res[reference]["peak_mem_mb"] = max(r["peak_mem_mb"] for r in rs)
+            for key in ("peak_mem_mb", "process_peak_mb"):
+                res[reference][key] = max(r[key] for r in rs)
             kind = res[reference]["mem_kind"]
         same = sum(a == b for a, b in zip(res[True]["texts"], res[False]["texts"]))
         for reference, name in ((True, "reference"), (False, "fast")):
             r = res[reference]
             rows.append(f"{n:>3} {name:<10} {r['wall_s']:>8.2f} {r['lm_tokens']:>10} {r['lm_calls']:>9} "
-                        f"{r['vision_images']:>9} {r['kv_peak_mb']:>7.2f} {r['peak_mem_mb']:>8.1f} {f'{same}/{len(qs)}':>5}")
+                        f"{r['vision_images']:>9} {r['kv_peak_mb']:>7.2f} {r['kv_held_mb']:>8.2f} {r['peak_mem_mb']:>8.1f} "
+                        f"{r['process_peak_mb']:>7.0f} {f'{same}/{len(qs)}':>5}")
         summary[str(n)] = {"speedup_wall": round(res[True]["wall_s"] / res[False]["wall_s"], 3),
-                           "forward_token_ratio": round(res[True]["lm_tokens"] / res[False]["lm_tokens"], 3)}
+                           "forward_token_ratio": round(res[True]["lm_tokens"] / res[False]["lm_tokens"], 3),
+                           "kv_held_mb": {"reference": round(res[True]["kv_held_mb"], 3),
+                                          "fast": round(res[False]["kv_held_mb"], 3)},
+                           "peak_mb": {"reference": round(res[True]["peak_mem_mb"], 1),
+                                       "fast": round(res[False]["peak_mem_mb"], 1)}}
     print("\n".join(rows))
-    print(f"(KV MB: the largest KV cache one forward attended over; peak MB: {kind} above the run's start; "
-          "'same': questions where both runners chose the same answer)")
+    print(f"(KV MB: the largest KV cache one forward attended over, as the cache reports it; KV held: the "
+          f"largest storage a cache really held after a forward; peak MB: {kind} above the run's start; RSS MB: "
+          "the process's peak; 'same': questions where both runners chose the same answer)")
     print(json.dumps(summary))
     return 0
 
