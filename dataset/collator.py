@@ -1,5 +1,8 @@
-"""Batch samples: right-pad to the longest sample, stack images as the official `vision_*` inputs,
-and build the [B,1,n,n] boolean attention mask per batch from segment ids (no per-sample L x L)."""
+"""Batch samples: right-pad to the longest sample and stack images as the official `vision_*` inputs.
+
+A right-padded batch of one sample per row needs no mask (plain causal attention: the padding comes
+after every real token, so no real token can reach it). Rows that hold several packed samples carry
+their segment ids; `attention_mask_from_segments` builds the dense block mask where one is wanted."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -32,7 +35,7 @@ class DataCollator:
     """`DataCollator(pad_token_id)(samples)` -> a batch dict for CogVLM's forward plus bookkeeping.
 
     Returns input_ids, labels, position_ids, image_embed_mask, vision_expert_mask, image_rope_mask,
-    segment_ids [B, n] (long); attention_mask [B,1,n,n] (bool); lengths, context_length, num_images,
+    segment_ids [B, n] (long); attention_mask None (causal: one sample per row, right-padded); lengths, context_length, num_images,
     truncated [B]; vision_image [B_img,3,H,W], vision_input_ids / vision_attention_mask [B_img,1]
     when the batch has images; loss_weights [B, n] (float) when the samples carry per-stage loss
     weights; question_id (list). Images are in sample order, then marker order.
@@ -56,7 +59,7 @@ class DataCollator:
             for row, t in enumerate(tokens):
                 out[row, :lengths[row]] = t[key]
             batch[key] = out
-        batch["attention_mask"] = attention_mask_from_segments(batch["segment_ids"])
+        batch["attention_mask"] = None  # plain causal attention; the padded tail never reaches real tokens
         batch["lengths"] = torch.tensor(lengths, dtype=torch.long)
         if all("loss_weights" in ex for ex in examples):  # per-stage loss weights (float; padding 0)
             weights = torch.zeros(len(tokens), n)  # [B, n]

@@ -6,6 +6,8 @@ from typing import Dict, Tuple
 
 import torch
 
+IGNORE_INDEX = -100  # the label of untrained positions (dataset.text_processor's value)
+
 # What CogVLMModel.forward takes from a collated batch; the rest (labels, lengths, ids) is bookkeeping.
 MODEL_KEYS = ("input_ids", "position_ids", "attention_mask", "image_embed_mask", "vision_expert_mask",
               "vision_image", "vision_input_ids", "vision_attention_mask")
@@ -72,8 +74,44 @@ def make_collator(pad_token_id: int):
     return DataCollator(pad_token_id=pad_token_id)
 
 
-def split_batch(batch: Dict[str, object], device, dtype=None) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
-    """(model kwargs on `device`, labels [B, n]); images cast to `dtype` when given."""
+def next_token_values(per_token: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """per_token [B, n] -> [K]: at each flat position t (into B * n), the value of token t + 1."""
+    shifted = torch.zeros_like(per_token)
+    shifted[:, :-1] = per_token[:, 1:]  # [B, n]
+    return shifted.reshape(-1).index_select(0, positions)
+
+
+def labelled_positions(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(flat indices into B * n of the positions that predict a labelled token, their targets [K]).
+
+    Position t predicts token t + 1; found on the host before the batch moves, so no device sync.
+    """
+    shifted = torch.full_like(labels, IGNORE_INDEX)
+    shifted[:, :-1] = labels[:, 1:]  # [B, n]: the target of each position
+    flat = shifted.reshape(-1)
+    positions = (flat != IGNORE_INDEX).nonzero().squeeze(1)  # [K]
+    return positions, flat.index_select(0, positions)
+
+
+def split_labelled(batch: Dict[str, object], device, dtype=None):
+    """(model kwargs with `logit_positions`, targets [K], their loss weights [K] or None), on `device`:
+    the model computes the LM head only where a label is predicted."""
+    inputs, _ = split_batch(batch, device, dtype, labels=False)
+    positions, targets = labelled_positions(batch["labels"])
+    weights = batch.get("loss_weights")
+    if weights is not None:
+        weights = next_token_values(weights, positions).to(device, non_blocking=True)
+    inputs["logit_positions"] = positions.to(device, non_blocking=True)
+    return inputs, targets.to(device, non_blocking=True), weights
+
+
+def split_batch(batch: Dict[str, object], device, dtype=None,
+                labelled_only: bool = False, labels: bool = True) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """(model kwargs on `device`, labels [B, n]); images cast to `dtype` when given.
+
+    labelled_only: the model computes logits only where a label is predicted (`logit_positions`) and
+    the second value is those targets [K] instead of the labels (see `split_labelled`).
+    """
     inputs = {}
     for key in MODEL_KEYS:
         if key in batch and batch[key] is not None:
@@ -81,4 +119,8 @@ def split_batch(batch: Dict[str, object], device, dtype=None) -> Tuple[Dict[str,
             if dtype is not None and key in FLOAT_KEYS:
                 value = value.to(dtype)
             inputs[key] = value
-    return inputs, batch["labels"].to(device, non_blocking=True)
+    if labelled_only:
+        positions, targets = labelled_positions(batch["labels"])
+        inputs["logit_positions"] = positions.to(device, non_blocking=True)
+        return inputs, targets.to(device, non_blocking=True)
+    return inputs, batch["labels"].to(device, non_blocking=True) if labels else None

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .data import split_batch
+from .data import split_labelled
 
 IGNORE_INDEX = -100
 
@@ -40,6 +40,16 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[tor
         return per_token[labelled].sum(), labelled.sum()
     w = weights[:, 1:].reshape(-1).to(per_token.dtype)[labelled]  # the weight of each predicted token
     return (per_token[labelled] * w).sum(), w.sum()
+
+
+def selected_token_loss(logits: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor] = None):
+    """`token_loss` for logits [K, V] computed at the labelled positions only, targets [K]; with the
+    targets' weights [K]: (sum of w * cross-entropy, sum of w)."""
+    if weights is None:
+        return F.cross_entropy(logits.float(), targets, reduction="sum"), torch.tensor(targets.numel())
+    per_token = F.cross_entropy(logits.float(), targets, reduction="none")  # [K]
+    w = weights.to(per_token.dtype)
+    return (per_token * w).sum(), w.sum()
 
 
 def data_parallel_group():
@@ -222,12 +232,11 @@ class TrainStep:
         timers("batch generator").start()
         batch = next(data_iterator)
         timers("batch generator").stop()
-        inputs, labels = split_batch(batch, next(model.parameters()).device, self.dtype)
-        logits = model(**inputs)[0]
-        weights = batch.get("loss_weights")  # per-stage loss weights, when the run has them
-        loss_sum, count = token_loss(logits, labels, None if weights is None else weights.to(logits.device))
+        inputs, targets, weights = split_labelled(batch, next(model.parameters()).device, self.dtype)
+        logits = model(**inputs)[0]  # [K, V]: the labelled positions only
+        loss_sum, count = selected_token_loss(logits, targets, weights)  # weights: per-stage, when the run has them
         world = torch.distributed.get_world_size(group=data_parallel_group()) if torch.distributed.is_initialized() else 1
-        totals = global_sums([loss_sum.item(), count.item(), float(batch["lengths"].sum()), float(labels.shape[0])],
+        totals = global_sums([loss_sum.item(), count.item(), float(batch["lengths"].sum()), float(batch["labels"].shape[0])],
                              logits.device).tolist()
         global_count = max(totals[1], 1.0)
         # DeepSpeed averages gradients over the data-parallel ranks: scale so that the average is the
@@ -310,9 +319,9 @@ class EvalStep:
 
     def __call__(self, data_iterator, model, args, timers):
         batch = next(data_iterator)
-        inputs, labels = split_batch(batch, next(model.parameters()).device, self.dtype)
-        logits = model(**inputs)[0]
-        loss_sum, count = token_loss(logits, labels)
+        inputs, targets, _ = split_labelled(batch, next(model.parameters()).device, self.dtype)
+        logits = model(**inputs)[0]  # [K, V]
+        loss_sum, count = selected_token_loss(logits, targets)  # validation loss: unweighted
         totals = global_sums([loss_sum.item(), count.item()], logits.device)
         self.train_step.valid.add(totals[0].item(), totals[1].item())
         return (totals[0] / totals[1].clamp(min=1)).float(), {}

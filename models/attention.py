@@ -33,10 +33,8 @@ def sdpa(q, k, v, mask: Optional[torch.Tensor] = None, causal: bool = False, dro
         if sq == 1:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         mask = offset_causal_mask(sq, sk, q.device)
-    if mask is not None:
-        mask = mask > 0 if mask.dtype != torch.bool else mask
-        if bool(mask.all()):
-            mask = None
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask > 0  # no `mask.all()` shortcut: it would stop the host at every layer
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 

@@ -17,7 +17,7 @@ from .config import OFFICIAL_ARCHIVES, PRESETS, load_model_config
 from .eva import ImageMixin
 from .hf_config import is_hf_dir
 from .sat_build import build_transformer, rng_preserved
-from .vision_expert import VisionExpertAttentionMixin, VisionExpertMLPMixin
+from .vision_expert import ExpertRouting, VisionExpertAttentionMixin, VisionExpertMLPMixin
 
 
 class LMHeadMixin(BaseMixin):
@@ -28,6 +28,11 @@ class LMHeadMixin(BaseMixin):
         self.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)
 
     def final_forward(self, logits, **kw_args):
+        """hidden [b, s, h] -> logits [b, s, V]; with `logit_positions` (flat indices into b * s) only
+        those rows: [K, V] (training computes the head and the loss on labelled positions only)."""
+        positions = kw_args.get("logit_positions")
+        if positions is not None:
+            logits = logits.reshape(-1, logits.shape[-1]).index_select(0, positions)  # [K, h]
         return self.lm_head(logits)
 
 
@@ -41,7 +46,9 @@ class CogVLMModel(BaseModel):
 
     forward(input_ids, position_ids, attention_mask, image_embed_mask=, vision_expert_mask=,
             vision_image=, ..., kv_cache=None) -> [logits, *per-layer outputs], like every SAT model.
-    attention_mask: [b|1, 1, q, k] with 1 = may attend, or None for causal.
+    attention_mask: [b|1, 1, q, k] with 1 = may attend, or None for causal (right-padded rows need no
+    mask: the padding comes after every real token). logit_positions: flat indices into b * s whose
+    logits are wanted (then logits are [K, V]).
     """
 
     def __init__(self, args, transformer=None, params_dtype=torch.float, **kwargs):
@@ -107,6 +114,8 @@ class CogVLMModel(BaseModel):
         if kwargs.get("kv_cache") is None:
             kwargs.pop("kv_cache", None)
         causal = attention_mask is None or is_causal_mask(attention_mask)
+        if vision_expert_mask is not None:  # routed once here, not in every layer
+            kwargs["expert_routing"] = ExpertRouting(vision_expert_mask)
         if attention_mask is None:
             attention_mask = torch.ones(1, 1, device=input_ids.device)
         return super().forward(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,

@@ -17,16 +17,40 @@ def expert_layers(num_layers: int, num_vision_expert_layers: int):
     return list(range(min(num_vision_expert_layers, num_layers)))
 
 
-def route(x: torch.Tensor, vision_mask: Optional[torch.Tensor], language_fn: Callable, vision_fn: Optional[Callable],
+class ExpertRouting:
+    """Which flattened token positions use the expert weights, found once per forward (one host sync)
+    so that each layer routes by index, with no per-layer `mask.any()` or boolean indexing.
+
+    The expert path always runs, on zero rows when no token is an image token: under ZeRO-3 every rank
+    must gather the same parameters, whatever its batch holds.
+    """
+
+    def __init__(self, vision_mask: torch.Tensor):
+        flat = vision_mask.reshape(-1).bool()  # [b * s]
+        self.shape = tuple(vision_mask.shape)
+        self.vision_index = flat.nonzero().squeeze(1)  # [n_vision]
+        self.language_index = (~flat).nonzero().squeeze(1)  # [n_language]
+
+
+def routing_from(kw_args) -> Optional[ExpertRouting]:
+    """The forward's ExpertRouting (built by CogVLMModel.forward), or one built from a bare mask."""
+    routing = kw_args.get("expert_routing")
+    if routing is None and kw_args.get("vision_expert_mask") is not None:
+        routing = ExpertRouting(kw_args["vision_expert_mask"])
+    return routing
+
+
+def route(x: torch.Tensor, routing: Optional[ExpertRouting], language_fn: Callable, vision_fn: Optional[Callable],
           out_features: int) -> torch.Tensor:
-    """Apply `vision_fn` to tokens where vision_mask [b, s] is set and `language_fn` elsewhere."""
-    if vision_fn is None or vision_mask is None or not bool(vision_mask.any()):
+    """Apply `vision_fn` to the routed tokens of x [b, s, in] and `language_fn` to the others."""
+    if vision_fn is None or routing is None:
         return language_fn(x)
-    is_vision = vision_mask.bool()
-    out = x.new_empty(*x.shape[:-1], out_features)
-    out[~is_vision] = language_fn(x[~is_vision])
-    out[is_vision] = vision_fn(x[is_vision])
-    return out
+    flat = x.reshape(-1, x.shape[-1])  # [b * s, in]
+    lang = language_fn(flat.index_select(0, routing.language_index))  # [n_language, out]
+    vis = vision_fn(flat.index_select(0, routing.vision_index))  # [n_vision, out] (maybe 0 rows)
+    out = flat.new_zeros(flat.shape[0], out_features, dtype=lang.dtype)
+    out = out.index_copy(0, routing.language_index, lang).index_copy(0, routing.vision_index, vis.to(lang.dtype))
+    return out.reshape(*x.shape[:-1], out_features)  # [b, s, out]
 
 
 def _linears(layer_ids, in_features, out_features):
@@ -61,7 +85,7 @@ class VisionExpertMLPMixin(BaseMixin):
                 up = self.vision_dense_h_to_4h_list[key](x) * mlp.activation_func(self.vision_gate_proj[key](x))
                 return self.vision_dense_4h_to_h_list[key](up)
 
-        return route(hidden_states, kw_args.get("vision_expert_mask"), language, vision, hidden_states.shape[-1])
+        return route(hidden_states, routing_from(kw_args), language, vision, hidden_states.shape[-1])
 
 
 class VisionExpertAttentionMixin(BaseMixin):
@@ -88,9 +112,9 @@ class VisionExpertAttentionMixin(BaseMixin):
         attn = self.transformer.layers[layer_id].attention
         key = str(layer_id)
         expert = key in self.vision_query_key_value_list
-        vision_mask = kw_args.get("vision_expert_mask")
+        routing = routing_from(kw_args)
 
-        mixed = route(hidden_states, vision_mask, attn.query_key_value,
+        mixed = route(hidden_states, routing, attn.query_key_value,
                       self.vision_query_key_value_list[key] if expert else None, 3 * attn.hidden_size_per_partition)
         q, k, v = (attn._transpose_for_scores(t) for t in split_tensor_along_last_dim(mixed, 3))  # [b, h, s, d]
         q, k = self.rotary_emb(q, k, kw_args["position_ids"])
@@ -100,6 +124,6 @@ class VisionExpertAttentionMixin(BaseMixin):
         context = attention_fn(q, k, v, mask, dropout_fn, **kw_args)
         context = context.permute(0, 2, 1, 3).reshape(*hidden_states.shape[:-1], -1)  # [b, s, h * d]
 
-        output = route(context, vision_mask, attn.dense, self.vision_dense_list[key] if expert else None,
+        output = route(context, routing, attn.dense, self.vision_dense_list[key] if expert else None,
                        hidden_states.shape[-1])
         return attn.output_dropout(output) if self.training else output

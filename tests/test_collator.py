@@ -45,10 +45,17 @@ def test_images_stack_in_sample_then_marker_order(tp):
     assert batch["num_images"].tolist() == [2, 1]
 
 
-def test_attention_mask_is_causal_within_real_tokens(tp):
+def test_right_padded_batch_needs_no_mask(tp):
+    """One sample per row, padding at the end: plain causal attention, no [B,1,n,n] tensor."""
+    batch = DataCollator()([sample(tp, "red"), sample(tp, "two circles and three squares")])
+    assert batch["attention_mask"] is None
+    assert batch["segment_ids"].max() == 1
+
+
+def test_segment_mask_is_causal_within_real_tokens(tp):
     a, b = sample(tp, "red"), sample(tp, "two circles and three squares")
     batch = DataCollator()([a, b])
-    mask, la = batch["attention_mask"], len(a["input_ids"])
+    mask, la = attention_mask_from_segments(batch["segment_ids"]), len(a["input_ids"])
     n = mask.shape[-1]
     assert mask.dtype == torch.bool and mask.shape == (2, 1, n, n)
     tril = torch.ones(n, n, dtype=torch.bool).tril()
@@ -64,12 +71,14 @@ def test_attention_with_mask_equals_unpadded_attention(tp):
     batch = DataCollator()(samples)
     b, n = batch["input_ids"].shape
     q, k, v = torch.randn(3, b, 2, n, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch["attention_mask"])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask_from_segments(batch["segment_ids"]))
+    causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # what training runs: no mask
     assert torch.isfinite(out).all()
     for row, length in enumerate(batch["lengths"].tolist()):
         ref = F.scaled_dot_product_attention(q[row:row + 1, :, :length], k[row:row + 1, :, :length],
                                              v[row:row + 1, :, :length], is_causal=True)
         torch.testing.assert_close(out[row:row + 1, :, :length], ref)
+        torch.testing.assert_close(causal[row:row + 1, :, :length], ref)
 
 
 def test_packed_segments_are_block_diagonal():
@@ -102,5 +111,6 @@ def test_accepts_official_shaped_samples(tp):
                                                          "vision_expert_mask", "image_rope_mask")})
     official.pop("segment_ids")
     got, want = DataCollator()([official]), DataCollator()([s])
-    for key in ("input_ids", "labels", "position_ids", "segment_ids", "attention_mask", "vision_image"):
+    for key in ("input_ids", "labels", "position_ids", "segment_ids", "vision_image"):
         assert torch.equal(got[key], want[key])
+    assert got["attention_mask"] is None and want["attention_mask"] is None
