@@ -166,6 +166,9 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
     p.add(g, "--skip-accuracy", flag_only=True, help="no generation accuracy (validation loss only)")
     p.add(g, "--resume", metavar="DIR", help="continue a run from its checkpoint directory (exact: weights, "
                                              "optimizer, RNG, data order); saves continue there")
+    p.add(g, "--attention-monitor-interval", type=int, default=0, metavar="N",
+          help="every N steps: per layer, the share of text tokens' attention on image tokens, on a fixed probe "
+               "batch (TensorBoard, train_log.jsonl, attention_text_to_image.png); 0: off")
     p.add(g, "--log-interval", type=int, default=DEFAULTS["log_interval"], metavar="N", help="progress line every N steps")
 
     if launcher:
@@ -367,7 +370,8 @@ def check(opts, cuda: bool, launcher: bool = False) -> dict:
         problems.append(f"--lr must be > 0, got {opts.lr}")
     if not 0 <= opts.warmup < 1:
         problems.append(f"--warmup is a fraction of the steps in [0, 1), got {opts.warmup}")
-    for flag, value in (("--save-interval", opts.save_interval), ("--eval-interval", opts.eval_interval),
+    for flag, value in (("--attention-monitor-interval", opts.attention_monitor_interval),
+                        ("--save-interval", opts.save_interval), ("--eval-interval", opts.eval_interval),
                         ("--accuracy-interval", opts.accuracy_interval)):
         if value is not None and value < 0:
             problems.append(f"{flag} must be >= 0, got {value}")

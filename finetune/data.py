@@ -28,13 +28,16 @@ class DatasetFactory:
         self.image_root, self.strict, self.log, self.stage = image_root, strict, log, stage
         self.streaming, self.seed, self.shuffle_buffer = streaming, seed, shuffle_buffer
         self.train_sources = None  # names of the training stream's sources (per-source token report)
+        self.train_datasets = []  # what SAT asked for as training data (the attention monitor's probe)
 
     def __call__(self, path: str, args=None):
         """The dataset of `path`; its counts (kept, truncated, dropped, problems) go to the run's log.
         Streaming (tar shards or a data mix, training data only): a stream for this rank and worker."""
-        if self.streaming and args is not None and path in (args.train_data or []):
-            return self.stream(path, args)
-        return self.records(path, args)
+        is_train = args is not None and path in (args.train_data or [])
+        ds = self.stream(path, args) if self.streaming and is_train else self.records(path, args)
+        if is_train:
+            self.train_datasets.append(ds)
+        return ds
 
     def stream(self, spec: str, args):
         """A tar shard pattern, a record file or a `--data-mix` spec as one `DataMix` stream."""

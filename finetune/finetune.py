@@ -26,11 +26,12 @@ import torch
 from finetune import arguments
 from finetune.checkpoint import (barrier, load_training_checkpoint, read_trainer_state, restore_training_state,
                                  save_training_checkpoint)
-from finetune.data import DatasetFactory, make_collator
+from finetune.data import DatasetFactory, make_collator, split_batch
 from finetune.lora import LoRAConfig, add_lora, freeze_for_lora
 from finetune.parts import PARTS, apply_freeze, check_partition, format_summary, parse_parts, trainable_summary
 from finetune.report import format_accuracy_table, plot_loss_curve, write_summary
 from dataset.stage_weights import format_stage_weights, parse_stage_weights
+from finetune.attention_monitor import AttentionMonitor, MonitoredStep, probe_batch
 from finetune.token_report import CountingStep, TokenReport
 from finetune.step import BetweenSteps, EvalStep, History, Progress, Schedule, TrainStep, global_sums
 from models import sat_compat
@@ -121,6 +122,7 @@ class Run:
         self.step: Optional[TrainStep] = None
         self.factory: Optional[DatasetFactory] = None
         self.counting: Optional[CountingStep] = None  # pretraining: per-source modality counts
+        self.monitored: Optional[MonitoredStep] = None  # --attention-monitor-interval
 
     # -- what trains ---------------------------------------------------------------------------
     def set_trainable(self) -> None:
@@ -170,7 +172,19 @@ class Run:
             self.counting.report = TokenReport(names, self.opts.log_interval, total,
                                                reduce=lambda v: global_sums(v, torch.device(args.device)),
                                                printer=log, history=self.history, is_rank0=self.rank == 0)
+        if self.monitored is not None:
+            self.monitored.monitor = self.attention_monitor(args)
         log(f"[run] checkpoints: {self.ckpt_dir}  (TensorBoard: {Path(args.summary_dir) / 'runs' / args.experiment_name})")
+
+    def attention_monitor(self, args) -> AttentionMonitor:
+        """The monitor over a probe batch of the first training data set, TensorBoard beside SAT's (rank 0)."""
+        from tensorboardX import SummaryWriter
+        batch = probe_batch(self.factory.train_datasets[0], make_collator(self.tokenizer.pad_token_id))
+        writer = SummaryWriter(str(Path(args.summary_dir) / "runs" / args.experiment_name)) if self.rank == 0 else None
+        log(f"[attention] text->image attention measured every {self.opts.attention_monitor_interval} steps on "
+            f"{len(batch['lengths'])} probe samples ({int(batch.get('num_images', torch.zeros(1)).sum())} images)")
+        return AttentionMonitor(batch, self.opts.attention_monitor_interval, split_batch, dtype=self.step.dtype,
+                                history=self.history, writer=writer, printer=log, is_rank0=self.rank == 0)
 
     def resume(self, engine, iteration: int) -> int:
         """Optimizer state, RNG and data position of the checkpoint; returns micro-batches to skip."""
@@ -240,6 +254,8 @@ class Run:
         forward = step
         if o.stage == "pretrain":
             forward = self.counting = CountingStep(step)
+        if o.attention_monitor_interval:
+            forward = self.monitored = MonitoredStep(forward)
         self.t_train = time.time()
         engine = training_main(margs, model_cls=self.model, forward_step_function=forward,
                                create_dataset_function=factory, collate_fn=make_collator(self.tokenizer.pad_token_id),
@@ -253,6 +269,9 @@ class Run:
         """Final checkpoint (merged for LoRA), accuracy after training from the saved files, plot, summary."""
         from models.cogvlm import CogVLMModel
         o = self.opts
+        monitor = self.monitored.monitor if self.monitored is not None else None
+        if monitor is not None and monitor.due(iteration):  # the weights after the last step
+            monitor.run(engine, iteration)
         if iteration > self.start_iteration:
             self.save(engine, iteration)
         final_dir = self.ckpt_dir
@@ -275,6 +294,9 @@ class Run:
                 self.history.add("accuracy", {"step": iteration, "accuracy": self.accuracy_after["accuracy"]})
             png = plot_loss_curve(self.history, self.ckpt_dir / "loss_curve.png",
                                   title=f"{self.ckpt_dir.name}: {o.finetune_mode}, {iteration} steps")
+            heatmap = monitor.plot(self.ckpt_dir / "attention_text_to_image.png") if monitor is not None else None
+            if heatmap:
+                log(f"[done] text->image attention heatmap: {heatmap}")
             trained = iteration - self.start_iteration
             samples = trained * o.batch_size * self.world * o.gradient_accumulation_steps
             summary = {

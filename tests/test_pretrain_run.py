@@ -1,5 +1,6 @@
-"""A few `--stage pretrain` steps end to end through the launcher on CPU (captions, an interleaved
-document, plain text), with a loadable checkpoint and a training log."""
+"""A few `--stage pretrain` steps end to end through the launcher on CPU: a data mix of a record file
+(captions, an interleaved document, plain text) and tar shards, with the per-source counts and the
+attention monitor in the training log, a checkpoint and the heatmap."""
 import json
 
 import pytest
@@ -30,7 +31,7 @@ def test_pretrain_stage_runs_end_to_end(corpus, tmp_path):
     shards = corpus / "shards" / "cap-{000..002}.tar"
     rc, out = launch("--stage", "pretrain", "--data-mix", f"{corpus / 'mixed.json'}:0.5,{shards}:0.5",
                      "--train-iters", 3, "--batch-size", 2, "--log-interval", 1, "--skip-accuracy",
-                     "--save", tmp_path, "--experiment-name", "pt")
+                     "--save", tmp_path, "--experiment-name", "pt", "--attention-monitor-interval", 2)
     assert rc == 0, out[-3000:]
     assert "6 samples of 6 records read" in out
     assert "[data-mix] sources (weight, samples):" in out and "50.0%" in out and "(streamed)" in out
@@ -44,3 +45,11 @@ def test_pretrain_stage_runs_end_to_end(corpus, tmp_path):
     assert last["overall"]["samples"] == 6 and sum(r["samples"] for r in last["sources"].values()) == 6
     assert last["overall"]["trained_tokens"] > 0 and last["overall"]["image_tokens"] > 0
     assert "[data] step 3:" in out
+    # the attention monitor: before training, at step 2 and after the last step
+    attention = train_log(ckpt, "attention")
+    assert [r["step"] for r in attention] == [0, 2]
+    assert all(len(r["text_to_image_attention"]) == 4 and all(0 < s < 1 for s in r["text_to_image_attention"])
+               for r in attention)  # cogvlm-tiny has 4 layers
+    assert (ckpt / "attention_text_to_image.png").is_file() and (ckpt / "loss_curve.png").is_file()
+    events = b"".join(p.read_bytes() for p in (tmp_path / "runs" / ckpt.name).glob("events.out.tfevents*"))
+    assert b"attention/text_to_image/layer_3" in events
