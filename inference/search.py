@@ -298,7 +298,10 @@ class StagedSearch:
 
     def __call__(self, image: Optional[ImageLike], question: str, history: Sequence[Tuple[str, str]] = (), *,
                  seed: Optional[int] = None, question_id=None,
-                 on_step: Optional[Callable[[Step], None]] = None) -> SearchResult:
+                 on_step: Optional[Callable[[Step], None]] = None,
+                 on_event: Optional[Callable[[str, dict], None]] = None) -> SearchResult:
+        """on_step(step) after each step is decided; on_event(kind, data) as it happens, for live views:
+        ("candidates", {step, stage, candidates}) before the tournament, ("match", judgment record) per verdict."""
         opts = self.options
         seed = opts.seed if seed is None else seed
         pil = open_image(image) if image is not None else None
@@ -316,7 +319,8 @@ class StagedSearch:
             if opts.mode == "sentence" and index >= opts.max_steps:
                 finish = "steps"
                 break
-            step = self._step(runner, index, name, kind, stage, stop, min(cap, room), question, seed, question_id)
+            step = self._step(runner, index, name, kind, stage, stop, min(cap, room), question, seed, question_id,
+                              on_event)
             steps.append(step)
             winner = step.candidates[step.winner]
             runner.commit(winner.row)
@@ -346,13 +350,15 @@ class StagedSearch:
                        StopCriteria(strings=(final_end,), sentence_ends=opts.sentence_ends), opts.max_step_tokens)
 
     def _step(self, runner: _Runner, index: int, name: str, kind: str, stage: Optional[StageSpec],
-              stop: StopCriteria, cap: int, question: str, seed: int, question_id) -> Step:
+              stop: StopCriteria, cap: int, question: str, seed: int, question_id, on_event=None) -> Step:
         n = self.options.n
         generators = [make_generator(derive_seed(seed, index, "candidate", k)) for k in range(n)]
         rows = runner.candidates(generators, stop, cap)
         cands = [Candidate(k, list(r.tokens), r.text, runner.answer_text(r.tokens), r.finish, list(r.logprobs), r)
                  for k, r in enumerate(rows)]
         step = Step(index, name, kind, cands, 0)
+        if on_event is not None:
+            on_event("candidates", {"step": index, "stage": name, "candidates": [c.text for c in cands]})
         if n == 1:
             return step
         previous = runner.answer_text()
@@ -377,5 +383,7 @@ class StagedSearch:
                 step.judgments.append(record)
                 if self.log is not None:
                     self.log.write(record)
+                if on_event is not None:
+                    on_event("match", record)
         step.winner = resolved[("w", len(plan) - 1)]
         return step

@@ -187,3 +187,33 @@ def test_staged_search_shows_four_stages_with_their_candidates(page, board):
         assert steps.nth(i).locator("li.winner").count() == 1
         assert steps.nth(i).locator("tr").count() == 1 + 3  # a 4-way knockout: 3 matches
     _shot(page, "search")
+
+
+def test_data_tab_runs_the_teacher_with_acceptance_and_reasons(page, board):
+    from tests.fake_openai import FakeOpenAI, prompt_text, reply
+    good = ("<SUMMARY> I look. </SUMMARY> <CAPTION> A picture. </CAPTION> <REASONING> So the option is {l}. "
+            "</REASONING> <CONCLUSION> {l} </CONCLUSION>")
+
+    def teacher(body):  # right for answers A and B, a refusal otherwise
+        m = re.search(r"The right answer is: (\w)", prompt_text(body))
+        letter = m.group(1) if m else "?"
+        return reply(good.format(l=letter)) if letter in "AB" else reply("I'm sorry, but I cannot help with that.")
+    data = sorted((board.root / "data").glob("synth-*/test.jsonl"))
+    assert data
+    import json
+    answers = [json.loads(l)["conversations"][-1]["value"] for l in data[0].read_text().splitlines() if l.strip()]
+    want_accepted = sum(bool(re.search(r"<CONCLUSION>\s*[AB]\s*</CONCLUSION>", a)) for a in answers)
+    with FakeOpenAI(teacher) as fake:
+        _tab(page, "Data")
+        for elem, value in (("teacher-data", str(data[0].relative_to(board.root))), ("teacher-base", fake.base_url),
+                            ("teacher-model", "fake-teacher")):
+            page.locator(f"#{elem} textarea, #{elem} input").first.fill(value)
+        page.click("#teacher-run")
+        page.wait_for_selector("#teacher-status :text('finished')", timeout=120_000)
+    page.wait_for_selector("#teacher-counts :text('acceptance rate')")
+    counts = _text(page, "teacher-counts")
+    assert f"accepted {want_accepted}" in counts and f"rejected {len(answers) - want_accepted}" in counts
+    if want_accepted < len(answers):
+        page.wait_for_selector("#teacher-rejects table")
+        assert "refusal" in _text(page, "teacher-rejects")
+    _shot(page, "data")

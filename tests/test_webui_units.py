@@ -134,3 +134,24 @@ def test_other_hosts_need_auth_and_missing_gradio_names_the_install(tmp_path):
     assert r.returncode == 2 and "USER:PASSWORD" in r.stderr
     r = _webui("--root", str(tmp_path), code="import sys; sys.modules['gradio'] = None\n")
     assert r.returncode == 1 and 'pip install -e ".[web]"' in r.stderr
+
+
+def test_staged_search_reports_candidates_and_matches_as_they_happen(tiny_vlm):
+    """The on_event hook the Chat tab draws from: per step, the candidates first, then each match, then on_step."""
+    import torch
+    from PIL import Image
+
+    from inference.options import SearchOptions
+    from inference.search import StagedSearch
+    model, tokenizer = tiny_vlm
+    events = []
+    search = StagedSearch(model, tokenizer, judge="logprob", options=SearchOptions(mode="stage", n=3, max_step_tokens=3))
+    with torch.no_grad():
+        result = search(Image.new("RGB", (40, 40), (200, 30, 30)), "What colour?",
+                        on_step=lambda st: events.append(("step", st.name, st.winner)),
+                        on_event=lambda kind, data: events.append((kind, data.get("stage"))))
+    per_step = [events[i:i + 4] for i in range(0, len(events), 4)]  # n=3: candidates, 2 matches, the step
+    assert len(per_step) == len(result.steps) >= 1
+    for chunk, step in zip(per_step, result.steps):
+        assert [e[0] for e in chunk] == ["candidates", "match", "match", "step"]
+        assert {e[1] for e in chunk} == {step.name} and chunk[-1][2] == step.winner

@@ -19,22 +19,30 @@ JUDGES = ("logprob", "self")
 _DONE = object()
 
 
-def step_html(step) -> str:
-    """One decided search step: candidates (the winner marked), then each match's verdict and reason."""
-    parts = [f'<div class="cogcot-step"><h4>{html.escape(step.name)}</h4><ol start="0">']
-    for c in step.candidates:
-        mark = " <b>← winner</b>" if c.index == step.winner else ""
-        parts.append(f'<li class="{"winner" if c.index == step.winner else "candidate"}"><code>'
-                     f"{html.escape(c.text.strip()) or '(empty)'}</code>{mark}</li>")
+def step_html(step: dict) -> str:
+    """One search step as known so far: its candidates (the winner marked once decided), then each match
+    of the tournament with its verdict and reason. step: {"stage", "candidates", "matches", "winner"}."""
+    winner = step.get("winner")
+    state = "decided" if winner is not None else "judging..."
+    parts = [f'<div class="cogcot-step"><h4>{html.escape(step["stage"])}</h4><p><small>{state}</small></p><ol start="0">']
+    for k, text in enumerate(step["candidates"]):
+        mark = " <b>← winner</b>" if k == winner else ""
+        parts.append(f'<li class="{"winner" if k == winner else "candidate"}"><code>'
+                     f"{html.escape(text.strip()) or '(empty)'}</code>{mark}</li>")
     parts.append("</ol>")
-    if step.judgments:
+    if step["matches"]:
         parts.append("<table><tr><th>match</th><th>pair</th><th>winner</th><th>reason</th></tr>")
-        for j in step.judgments:
+        for j in step["matches"]:
             reason = (j.get("reason") or "") + (" (fallback)" if j.get("fallback") else "")
             parts.append(f"<tr><td>{j['match']}</td><td>{j['pair'][0]} vs {j['pair'][1]}</td><td>{j['winner']}</td>"
                          f"<td><small>{html.escape(reason)}</small></td></tr>")
         parts.append("</table>")
     return "".join(parts) + "</div>"
+
+
+def search_html(steps: List[dict]) -> str:
+    decided = sum(s.get("winner") is not None for s in steps)
+    return f"<p>{decided} step(s) decided</p>" + "".join(step_html(s) for s in steps)
 
 
 class ChatTab:
@@ -134,16 +142,24 @@ class ChatTab:
         else:
             worker = threading.Thread(target=self._chat_worker, args=(chat, image, text, sampling, pieces), daemon=True)
         worker.start()
-        steps: List[str] = []
+        steps: List[dict] = []
         while True:
             kind, value = pieces.get()
             if kind == "piece":
                 history[-1]["content"] += value
                 yield history, gr.skip(), "", ""
+            elif kind == "candidates":
+                steps.append({"stage": value["stage"], "candidates": value["candidates"], "matches": [], "winner": None})
+                yield history, search_html(steps), "searching...", ""
+            elif kind == "match":
+                steps[-1]["matches"].append(value)
+                yield history, search_html(steps), "searching...", ""
             elif kind == "step":
-                steps.append(step_html(value))
+                if not steps or steps[-1]["winner"] is not None:  # a one-candidate step has no event before it
+                    steps.append({"stage": value.name, "candidates": [c.text for c in value.candidates], "matches": []})
+                steps[-1]["winner"] = value.winner
                 history[-1]["content"] += value.text  # the answer grows by each chosen step
-                yield history, f"<p>{len(steps)} step(s) decided</p>" + "".join(steps), "searching...", ""
+                yield history, search_html(steps), "searching...", ""
             elif kind == "answer":
                 history[-1]["content"] = value
                 yield history, gr.skip(), "", ""
@@ -175,7 +191,8 @@ class ChatTab:
                 chat.clear(image)
             search = StagedSearch(model, tokenizer, judge=judge, options=options, template=template)
             with torch.no_grad():
-                result = search(chat.image, text, chat.history, on_step=lambda st: out.put(("step", st)))
+                result = search(chat.image, text, chat.history, on_step=lambda st: out.put(("step", st)),
+                                on_event=lambda kind, data: out.put((kind, data)))
             chat.history.append((text, result.text))
             out.put(("answer", result.text))
         except Exception as e:  # noqa: BLE001
