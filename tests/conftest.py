@@ -181,6 +181,15 @@ def board(tmp_path_factory):
                 pytest.fail(f"the board did not start: {(root.parent / f'board-{port}.log').read_text()[-3000:]}")
             time.sleep(0.3)
     yield SimpleNamespace(url=url, root=root, proc=proc, log=root.parent / f"board-{port}.log")
+    import json
+    import signal
+    for state in root.glob(".cogcot-board/*/current.json"):  # runs outlive the board by design: end them here
+        run = json.loads(state.read_text())
+        if run.get("ended") is None and run.get("pid"):
+            try:
+                os.killpg(run["pid"], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     proc.terminate()
     try:
         proc.wait(timeout=15)

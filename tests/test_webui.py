@@ -129,6 +129,7 @@ def test_evaluate_tab_shows_the_table_and_filters_the_wrong_ones(page, board):
     model.press("Enter")
     page.locator("#eval-tsv textarea, #eval-tsv input").first.fill(str(tsvs[0].relative_to(board.root)))
     page.locator("#eval-limit textarea, #eval-limit input").first.fill("4")
+    page.locator("#eval-max-new input").fill("24")
     page.click("#eval-run")
     page.wait_for_selector("#eval-status :text('finished')", timeout=180_000)
     page.wait_for_selector("#eval-table table")
@@ -160,9 +161,7 @@ def test_chat_streams_a_reply_about_an_uploaded_image(page, board):
         .observe(document.querySelector('#chat-bot'), {subtree: true, childList: true, characterData: true}); }""")
     page.locator("#chat-text textarea, #chat-text input").first.fill("What color is the shape?")
     page.click("#chat-send")
-    page.wait_for_function("() => window.lengths.length > 0 && window.lengths[window.lengths.length - 1] > 0")
-    page.wait_for_selector("#chat-send:not([disabled])")
-    page.wait_for_timeout(500)
+    page.wait_for_selector("#chat-message :text('answered')", timeout=120_000)
     lengths = page.evaluate("window.lengths")
     distinct = sorted({n for n in lengths if n > 0})
     assert len(distinct) >= 2, f"the reply did not arrive in pieces: {lengths[:20]}"

@@ -7,6 +7,7 @@ import argparse
 import html
 import queue
 import threading
+import time
 from typing import Dict, List, Optional, Tuple
 
 import gradio as gr
@@ -62,7 +63,7 @@ class ChatTab:
                     temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0: greedy)")
                     top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top_p")
                     top_k = gr.Number(value=0, precision=0, minimum=0, label="top_k (0: off)")
-                    max_new = gr.Number(value=256, precision=0, minimum=1, label="max new tokens")
+                    max_new = gr.Number(value=256, precision=0, minimum=1, label="max new tokens", elem_id="chat-max-new")
                     seed = gr.Number(value=0, precision=0, label="seed")
                 with gr.Accordion("staged search", open=True):
                     search_on = gr.Checkbox(label="answer with staged search", elem_id="chat-search-on")
@@ -141,6 +142,7 @@ class ChatTab:
                                                                          pieces), daemon=True)
         else:
             worker = threading.Thread(target=self._chat_worker, args=(chat, image, text, sampling, pieces), daemon=True)
+        t0 = time.time()
         worker.start()
         steps: List[dict] = []
         while True:
@@ -162,11 +164,12 @@ class ChatTab:
                 yield history, search_html(steps), "searching...", ""
             elif kind == "answer":
                 history[-1]["content"] = value
-                yield history, gr.skip(), "", ""
+                yield history, gr.skip(), "searching...", ""
             elif kind == "error":
                 yield history, gr.skip(), f"**error:** {value}", ""
                 return
             elif kind == "end":
+                yield history, gr.skip(), f"answered in {time.time() - t0:.1f} s", ""
                 return
 
     def _chat_worker(self, chat, image, text, sampling, out: "queue.Queue") -> None:

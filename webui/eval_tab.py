@@ -100,7 +100,7 @@ class EvalTab:
                     self.judge = gr.Dropdown(choices=list(JUDGES), value="logprob", label="judge")
                 with gr.Row():
                     self.limit = gr.Textbox(label="first K rows only", placeholder="all", elem_id="eval-limit")
-                    self.max_new = gr.Number(value=512, precision=0, minimum=1, label="max new tokens")
+                    self.max_new = gr.Number(value=512, precision=0, minimum=1, label="max new tokens", elem_id="eval-max-new")
                 with gr.Row():
                     run_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="eval-stop")
