@@ -156,7 +156,8 @@ def test_chat_streams_a_reply_about_an_uploaded_image(page, board):
     _upload_image(page, board)
     # record every change of the reply's length: a streamed reply grows in several steps
     page.evaluate("""() => { window.lengths = [];
-        new MutationObserver(() => { const b = document.querySelectorAll('#chat-bot .message.bot, #chat-bot [data-testid=bot]');
+        new MutationObserver(() => {
+            const b = document.querySelectorAll('#chat-bot .message.bot, #chat-bot [data-testid=bot]');
             if (b.length) window.lengths.push(b[b.length - 1].innerText.length); })
         .observe(document.querySelector('#chat-bot'), {subtree: true, childList: true, characterData: true}); }""")
     page.locator("#chat-text textarea, #chat-text input").first.fill("What color is the shape?")

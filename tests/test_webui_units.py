@@ -123,8 +123,9 @@ def test_train_log_reader_and_accuracy_table(tmp_path):
 def _webui(*args, env_extra=None, code=""):
     import os
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-c", code + "import sys, webui.__main__ as m; sys.exit(m.main(sys.argv[1:]))",
-                           *args], capture_output=True, text=True, env=env, timeout=60)
+    entry = "import sys, webui.__main__ as m; sys.exit(m.main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code + entry, *args], capture_output=True, text=True, env=env,
+                          timeout=60)
 
 
 def test_other_hosts_need_auth_and_missing_gradio_names_the_install(tmp_path):
@@ -145,7 +146,8 @@ def test_staged_search_reports_candidates_and_matches_as_they_happen(tiny_vlm):
     from inference.search import StagedSearch
     model, tokenizer = tiny_vlm
     events = []
-    search = StagedSearch(model, tokenizer, judge="logprob", options=SearchOptions(mode="stage", n=3, max_step_tokens=3))
+    options = SearchOptions(mode="stage", n=3, max_step_tokens=3)
+    search = StagedSearch(model, tokenizer, judge="logprob", options=options)
     with torch.no_grad():
         result = search(Image.new("RGB", (40, 40), (200, 30, 30)), "What colour?",
                         on_step=lambda st: events.append(("step", st.name, st.winner)),

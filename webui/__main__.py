@@ -25,7 +25,8 @@ def check(args) -> Optional[str]:
     """The problem with the options, or None."""
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.auth:
         return f"--host {args.host} exposes the board (it starts processes and reads files): give --auth USER:PASSWORD"
-    if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0] or not args.auth.split(":", 1)[1]):
+    user, _, password = (args.auth or "").partition(":")
+    if args.auth is not None and not (user and password):
         return "--auth must be USER:PASSWORD, both non-empty"
     if not os.path.isdir(args.root):
         return f"--root {args.root}: no such directory"

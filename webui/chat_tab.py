@@ -25,7 +25,8 @@ def step_html(step: dict) -> str:
     of the tournament with its verdict and reason. step: {"stage", "candidates", "matches", "winner"}."""
     winner = step.get("winner")
     state = "decided" if winner is not None else "judging..."
-    parts = [f'<div class="cogcot-step"><h4>{html.escape(step["stage"])}</h4><p><small>{state}</small></p><ol start="0">']
+    parts = [f'<div class="cogcot-step"><h4>{html.escape(step["stage"])}</h4>',
+             f'<p><small>{state}</small></p><ol start="0">']
     for k, text in enumerate(step["candidates"]):
         mark = " <b>← winner</b>" if k == winner else ""
         parts.append(f'<li class="{"winner" if k == winner else "candidate"}"><code>'
@@ -63,7 +64,8 @@ class ChatTab:
                     temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0: greedy)")
                     top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top_p")
                     top_k = gr.Number(value=0, precision=0, minimum=0, label="top_k (0: off)")
-                    max_new = gr.Number(value=256, precision=0, minimum=1, label="max new tokens", elem_id="chat-max-new")
+                    max_new = gr.Number(value=256, precision=0, minimum=1, label="max new tokens",
+                                        elem_id="chat-max-new")
                     seed = gr.Number(value=0, precision=0, label="seed")
                 with gr.Accordion("staged search", open=True):
                     search_on = gr.Checkbox(label="answer with staged search", elem_id="chat-search-on")
@@ -137,7 +139,8 @@ class ChatTab:
         pieces: "queue.Queue" = queue.Queue()
         if search_on:
             options = SearchOptions(mode=mode, n=int(n or 4), max_step_tokens=int(step_tokens or 64),
-                                    max_new_tokens=max(int(max_new or 256), int(step_tokens or 64)), seed=int(seed or 0))
+                                    max_new_tokens=max(int(max_new or 256), int(step_tokens or 64)),
+                                    seed=int(seed or 0))
             worker = threading.Thread(target=self._search_worker, args=(chat, checkpoint, image, text, options, judge,
                                                                          pieces), daemon=True)
         else:
@@ -151,7 +154,8 @@ class ChatTab:
                 history[-1]["content"] += value
                 yield history, gr.skip(), "", ""
             elif kind == "candidates":
-                steps.append({"stage": value["stage"], "candidates": value["candidates"], "matches": [], "winner": None})
+                steps.append({"stage": value["stage"], "candidates": value["candidates"], "matches": [],
+                              "winner": None})
                 yield history, search_html(steps), "searching...", ""
             elif kind == "match":
                 steps[-1]["matches"].append(value)

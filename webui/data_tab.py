@@ -50,8 +50,10 @@ class DataTab:
     def build(self) -> None:
         with gr.Row():
             with gr.Column(scale=2):
-                data = gr.Textbox(label="input records (JSON/JSONL) or VLMEvalKit TSV, under the root", elem_id="teacher-data")
-                out = gr.Textbox(value="teacher/records.jsonl", label="accepted records go to (appended; a rerun resumes)",
+                data = gr.Textbox(label="input records (JSON/JSONL) or VLMEvalKit TSV, under the root",
+                                  elem_id="teacher-data")
+                out = gr.Textbox(value="teacher/records.jsonl",
+                                 label="accepted records go to (appended; a rerun resumes)",
                                  elem_id="teacher-out")
                 base = gr.Textbox(label="endpoint (OpenAI-compatible, …/v1)", elem_id="teacher-base")
                 model = gr.Textbox(label="model name", elem_id="teacher-model")
@@ -69,7 +71,8 @@ class DataTab:
                 self.counts = gr.Markdown(elem_id="teacher-counts")
             with gr.Column(scale=3):
                 self.rejects = gr.HTML(elem_id="teacher-rejects")
-                self.log = gr.Textbox(label="log (tail)", lines=10, max_lines=10, interactive=False, elem_id="teacher-log")
+                self.log = gr.Textbox(label="log (tail)", lines=10, max_lines=10, interactive=False,
+                                      elem_id="teacher-log")
         run_btn.click(self.start, [data, out, base, model, workers, limit, verify, retry], [self.message])
         stop_btn.click(self.stop, None, [self.message])
         live = [self.status, self.progress, self.counts, self.rejects, self.log]

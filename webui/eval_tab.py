@@ -47,8 +47,8 @@ def _thumbnail(row: dict, image_root: str) -> str:
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" width="64">'
-    except Exception:  # noqa: BLE001 - a missing picture must not hide the record
-        return ""
+    except Exception as err:  # noqa: BLE001 - an unreadable picture is named, and the record still shows
+        return f"<small>(image: {html.escape(str(err))[:120]})</small>"
 
 
 def records_html(records: List[dict], rows: Dict[str, dict], image_root: str, wrong_only: bool) -> str:
@@ -61,7 +61,8 @@ def records_html(records: List[dict], rows: Dict[str, dict], image_root: str, wr
         row = rows.get(str(r.get("index")))
         thumb = _thumbnail(row, image_root) if row else ""
         response = r.get("response") if r.get("error") is None else f"error: {r['error']}"
-        out.append(f"<tr class=\"{'right' if r.get('correct') else 'wrong'}\"><td>{html.escape(str(r.get('index')))}</td>"
+        verdict = "right" if r.get("correct") else "wrong"
+        out.append(f'<tr class="{verdict}"><td>{html.escape(str(r.get("index")))}</td>'
                    f"<td>{thumb}</td><td>{html.escape(str(r.get('category')))}</td>"
                    f"<td>{html.escape(str(r.get('question') or ''))}</td>"
                    f"<td><small>{html.escape(str(response or ''))}</small></td>"
@@ -100,7 +101,8 @@ class EvalTab:
                     self.judge = gr.Dropdown(choices=list(JUDGES), value="logprob", label="judge")
                 with gr.Row():
                     self.limit = gr.Textbox(label="first K rows only", placeholder="all", elem_id="eval-limit")
-                    self.max_new = gr.Number(value=512, precision=0, minimum=1, label="max new tokens", elem_id="eval-max-new")
+                    self.max_new = gr.Number(value=512, precision=0, minimum=1, label="max new tokens",
+                                             elem_id="eval-max-new")
                 with gr.Row():
                     run_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="eval-stop")
@@ -149,7 +151,8 @@ class EvalTab:
             try:
                 from inference.eval_data import index_of, read_tsv
                 self._rows_cache[data] = {str(index_of(r.get("index", i))): r for i, r in enumerate(read_tsv(data))}
-            except Exception:  # noqa: BLE001 - images are a bonus; the records still show
+            except Exception as err:  # noqa: BLE001 - without the TSV's rows the records show, without images
+                print(f"[webui] {data}: no images for the records ({err})", file=sys.stderr)
                 self._rows_cache[data] = {}
         return self._rows_cache[data]
 

@@ -53,7 +53,8 @@ def tqdm_progress(log_text: str) -> Optional[Tuple[int, int]]:
 
 def progress_html(done: int, total: int, text: str) -> str:
     pct = 100.0 * done / total if total else 0.0
-    return (f'<div class="cogcot-progress"><progress value="{done}" max="{max(total, 1)}" style="width:100%"></progress>'
+    return (f'<div class="cogcot-progress"><progress value="{done}" max="{max(total, 1)}" style="width:100%">'
+            '</progress>'
             f'<div>{html.escape(text)} ({pct:.0f}%)</div></div>')
 
 

@@ -16,13 +16,12 @@ from .runner import Runner
 
 
 def _component(o: Option):
-    label, info = o.flag, o.help
+    common = dict(label=o.flag, info=o.help, elem_id=f"opt-{o.dest}", min_width=240)
     if o.kind == "flag":
-        return gr.Checkbox(value=bool(o.default), label=label, info=info, elem_id=f"opt-{o.dest}")
+        return gr.Checkbox(value=bool(o.default), **common)
     if o.kind == "choice":
-        return gr.Dropdown(choices=list(o.choices), value=o.default, label=label, info=info, elem_id=f"opt-{o.dest}")
-    return gr.Textbox(value=o.shown_default, label=label, info=info, placeholder=None if o.shown_default else "(default)",
-                      elem_id=f"opt-{o.dest}")
+        return gr.Dropdown(choices=list(o.choices), value=o.default, **common)
+    return gr.Textbox(value=o.shown_default, placeholder=None if o.shown_default else "(default)", **common)
 
 
 def _opt_value(options: List[Option], values, dest: str) -> Any:
@@ -61,7 +60,7 @@ class TrainTab:
                 self.message = gr.Markdown(elem_id="train-message")
                 self.command = gr.Textbox(label="command (run from the board's root)", lines=2, buttons=["copy"],
                                           interactive=False, elem_id="train-command")
-                self.script = gr.File(label="as a script", interactive=False, elem_id="train-script")
+                self.script = gr.File(label="as a script", interactive=False, height=90, elem_id="train-script")
                 self.status = gr.Markdown("no run yet", elem_id="train-status")
                 self.progress = gr.HTML(elem_id="train-progress")
                 with gr.Row():
@@ -172,8 +171,10 @@ class TrainTab:
         run = logs.run_dir(text, state.cwd)
         status = _status_line(state, run)
         prog = logs.progress(text)
-        bar = logs.progress_html(prog["step"], prog["total"], f"step {prog['step']}/{prog['total']} · loss "
-                                 f"{prog['loss']:.4f} · elapsed {prog['elapsed']} · ETA {prog['eta']}") if prog else ""
+        bar = ""
+        if prog:
+            bar = logs.progress_html(prog["step"], prog["total"], f"step {prog['step']}/{prog['total']} · loss "
+                                     f"{prog['loss']:.4f} · elapsed {prog['elapsed']} · ETA {prog['eta']}")
         history_path = run / "train_log.jsonl" if run else None
         key = None
         if history_path is not None and history_path.is_file():
@@ -184,7 +185,8 @@ class TrainTab:
         if key is not None:
             history = logs.train_log(history_path)
             if history["valid"]:
-                valid = "validation loss: " + ", ".join(f"step {r['step']}: **{r['loss']:.4f}**" for r in history["valid"])
+                valid = "validation loss: " + ", ".join(f"step {r['step']}: **{r['loss']:.4f}**"
+                                                        for r in history["valid"])
             if key != seen:
                 loss_fig, lr_fig = logs.curves(history)
                 if loss_fig is None:
