@@ -80,7 +80,8 @@ _REFUSAL = re.compile(r"^\W*(?:I'?m sorry|I am sorry|sorry,|I apologi[sz]e|I can
 _LEAK = re.compile(r"\b(?:standard|reference|provided|given|known|expected|ground[- ]truth)\s+(?:answer|solution)\b"
                    r"|\bthe\s+hint\b|\bhint\s+(?:says|states|given|provided|suggests)\b"
                    r"|\banswer\s+(?:was|is|has been)\s+(?:given|provided|supplied)\b"
-                   r"|\b(?:these|the|my|your)\s+instructions?\b|\bI\s+(?:was|am|have been)\s+(?:told|given|instructed)\b",
+                   r"|\b(?:these|the|my|your)\s+instructions?\b"
+                   r"|\bI\s+(?:was|am|have been)\s+(?:told|given|instructed)\b",
                    re.I)
 
 

@@ -49,7 +49,8 @@ class ResultFile:
             try:
                 record = json.loads(line)
             except ValueError as e:
-                raise ResultFileError(f"{self.path}:{lineno}: not a JSON record ({e}); fix or remove the line") from None
+                raise ResultFileError(f"{self.path}:{lineno}: not a JSON record ({e}); "
+                                      f"fix or remove the line") from None
             if not isinstance(record, dict) or "id" not in record:
                 raise ResultFileError(f"{self.path}:{lineno}: a record without an 'id' (not a teacher output file?)")
             self.records[str(record["id"])] = record

@@ -2,14 +2,15 @@
 
 Each POST to /v1/chat/completions is answered by the next scripted action (or by `responder(body)`
 once the script is used up): a good reply, a bad reply, an HTTP error (429 with Retry-After), a hang,
-a trickle of one byte per interval, a body cut short, a malformed body, or a slow reply. The server
-records every request and the most requests it ever had in flight at once.
+a trickle of one byte per interval, a body cut short, a connection reset, a malformed body, or a slow
+reply. The server records every request and the most requests it ever had in flight at once.
 """
 from __future__ import annotations
 
 import json
 import select
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Callable, List, Optional
 @dataclass
 class Action:
     """What the fake does with one request (build with the functions below)."""
-    kind: str  # reply | status | hang | trickle | cut | malformed
+    kind: str  # reply | status | trickle | cut | reset | malformed (a hang is a delayed reply)
     text: str = ""
     status: int = 200
     delay: float = 0.0  # seconds before answering (slow reply, hang)
@@ -53,6 +54,11 @@ def trickle(interval: float = 1.0, text: str = "trickled") -> Action:
 def cut() -> Action:
     """Headers promise a body longer than what is sent before the connection closes (IncompleteRead)."""
     return Action("cut")
+
+
+def reset() -> Action:
+    """The connection is reset (TCP RST) before any byte of the reply."""
+    return Action("reset")
 
 
 def malformed() -> Action:
@@ -91,7 +97,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, action: Action, body: dict) -> None:
         if action.delay and not self._wait_while_connected(action.delay):
             return  # the client gave up and closed the connection: this request is no longer in flight
-        if action.kind == "status":
+        if action.kind == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()  # linger 0: the close sends RST
+            self.close_connection = True
+        elif action.kind == "status":
             payload = json.dumps({"error": {"message": f"fake error {action.status}", "type": "fake"}}).encode()
             self._head(action.status, len(payload), action.headers)
             self.wfile.write(payload)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dataset.api_client import ApiClient, ApiError, EndpointDown, image_part, retry_after_seconds, text_part
-from tests.fake_openai import FakeOpenAI, cut, hang, malformed, reply, status, trickle
+from tests.fake_openai import FakeOpenAI, cut, hang, malformed, reply, reset, status, trickle
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_reply_usage_image_part_and_key(fake, monkeypatch):
 
 @pytest.mark.parametrize("fault,shows", [
     (status(500), "HTTP 500"), (status(503), "HTTP 503"), (malformed(), "malformed reply body"),
-    (cut(), "RemoteProtocolError"),
+    (cut(), "RemoteProtocolError"), (reset(), "connection error"),
 ])
 def test_each_fault_is_caught_and_retried(fake, fault, shows):
     fake.script = [fault, reply("recovered")]

@@ -100,14 +100,18 @@ def read_jsonl(path):
     return [json.loads(line) for line in open(path, encoding="utf-8")] if os.path.exists(path) else []
 
 
-def test_accepted_rejected_and_reasons_and_clean_output(tmp_path, capsys):
+def test_accepted_rejected_and_reasons_and_clean_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COGCOT_TEACHER_KEY", "sk-teacher-secret")
     names = ["q-good", "q-flaky", "q-wrong", "q-missing", "q-order", "q-refusal", "q-leak"]
     data = write_data(tmp_path, names, extra={"q-good": {"hint": "Look closely at the circle in the middle."}})
     out = tmp_path / "out.jsonl"
     with FakeOpenAI(Teacher()) as fake:
-        code = run_teacher(fake, data, out, "--workers", "3", "--api-retries", "2")
-    printed = capsys.readouterr().out
-    assert code == 0
+        code = run_teacher(fake, data, out, "--workers", "3", "--api-retries", "2", "--api-key-env",
+                           "COGCOT_TEACHER_KEY")
+        assert fake.requests[0][1]["authorization"] == "Bearer sk-teacher-secret"
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0 and "sk-teacher-secret" not in captured.out + captured.err
     accepted = {r["id"]: r for r in read_jsonl(out)}
     rejected = {r["id"]: r["reasons"] for r in read_jsonl(tmp_path / "out.rejected.jsonl")}
     assert set(accepted) == {"s0-q-good", "s1-q-flaky"}
@@ -202,7 +206,8 @@ def test_bad_input_is_named_before_any_request(tmp_path, capsys):
     lines.append(lines[0])  # an id twice
     lines.append('{"id": "broken", ')
     lines.append(json.dumps({"id": "noimg", "image": "img/missing.png",
-                             "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "x"}]}))
+                             "conversations": [{"from": "human", "value": "<image>\nq"},
+                                               {"from": "gpt", "value": "x"}]}))
     data.write_text("\n".join(lines) + "\n")
     with FakeOpenAI(Teacher()) as fake:
         assert run_teacher(fake, data, tmp_path / "o.jsonl") == 2
