@@ -175,11 +175,11 @@ class ModelWorker:
             jobs, rows = [], busy
             reference = width if busy else len(head.request.prompt)
             for job in list(self._waiting):
-                if job.request.stage_search is not None or job.solo:
-                    break  # first come, first served: nothing overtakes a job that must run alone
-                if rows + job.rows <= self.max_batch and self._fits(reference, len(job.request.prompt)):
-                    jobs.append(job)
-                    rows += job.rows
+                if job.request.stage_search is not None or job.solo or rows + job.rows > self.max_batch or \
+                        not self._fits(reference, len(job.request.prompt)):
+                    break  # first come, first served: nothing overtakes the oldest waiting job, none starves
+                jobs.append(job)
+                rows += job.rows
             for job in jobs:
                 self._waiting.remove(job)
             return None, jobs
@@ -193,7 +193,8 @@ class ModelWorker:
             except _Stopping:
                 return
             if search is not None:
-                self._guarded(search, lambda: self._serve_search(search))
+                if not search.cancel.is_set():
+                    self._guarded(search, lambda: self._serve_search(search))
                 continue
             jobs = [j for j in jobs if not j.cancel.is_set()]
             if jobs:
@@ -202,7 +203,7 @@ class ModelWorker:
                     in_flight += jobs
                 except Exception:  # noqa: BLE001 - the thread must outlive any one request
                     log.exception("admitting %d request(s) failed", len(jobs))
-                    for job in jobs:
+                    for job in reversed(jobs):  # each goes back to the front: keep their order
                         self._retry_or_fail(job)
             if not len(decoder):
                 continue
@@ -212,7 +213,7 @@ class ModelWorker:
                 changed = decoder.step()
             except Exception:  # noqa: BLE001
                 log.exception("a decode step of %d row(s) failed", len(decoder))
-                for job in in_flight:
+                for job in reversed(in_flight):
                     if job.rows_left > 0:
                         self._retry_or_fail(job)
                 decoder, in_flight = BatchDecoder(self.model, self.tokenizer), []
@@ -234,7 +235,10 @@ class ModelWorker:
             self._fail(job, "the server failed while answering this request")
         else:
             job.solo, job.rows_left, job.tokens = True, 0, 0
-            self.submit(job, front=True)
+            try:
+                self.submit(job, front=True)
+            except RuntimeError:  # shutting down
+                self._fail(job, "the server is shutting down")
 
     def _fail(self, job: Job, message: str) -> None:
         self.counts["errors"] += 1

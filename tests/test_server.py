@@ -53,6 +53,18 @@ def test_models_and_a_plain_reply_equal_to_the_library(tiny_server, client):
     assert 1 <= r.usage.completion_tokens <= 8 and r.usage.total_tokens == len(prompt) + r.usage.completion_tokens
 
 
+def test_a_conversation_with_a_system_message_equals_chat_with_that_history(tiny_server, client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a shape."},
+                {"role": "assistant", "content": "A circle."}, {"role": "user", "content": [
+                    {"type": "text", "text": "And a colour?"}]}]
+    r = client.chat.completions.create(model="cogvlm-tiny", messages=messages, max_tokens=8, temperature=0)
+    chat = Chat(tiny_server.model, tiny_server.tokenizer, template=tiny_server.template,
+                options=SamplingOptions(max_new_tokens=8))
+    expected, _ = chat("And a colour?", history=[("Be brief.\nName a shape.", "A circle.")])
+    assert r.choices[0].message.content.strip() == expected
+    assert r.usage.prompt_tokens > ask(client, "And a colour?", max_tokens=1).usage.prompt_tokens  # the history
+
+
 def test_image_reply_from_a_data_url_and_from_the_image_root(tiny_server, client):
     url = "data:image/png;base64," + base64.b64encode(_RED).decode()
     parts = lambda u: [{"type": "image_url", "image_url": {"url": u}}, {"type": "text", "text": "Colour?"}]  # noqa: E731
@@ -116,6 +128,11 @@ def test_staged_search_extension_equals_the_library_search(tiny_server, client):
     assert [s["winner"] for s in steps] == [s.winner for s in expected.steps]
     assert all(len(s["candidates"]) == 2 and len(s["judgments"]) == 1 for s in steps)
     assert "".join(s["text"] for s in steps).strip() == r.choices[0].message.content
+    chunks = list(ask(client, "How many circles?", max_tokens=64, seed=5, stream=True, extra_body={
+        "stage_search": {"n": 2, "mode": "stage", "judge": "logprob", "max_step_tokens": 4}}))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(deltas) == expected.text and len(deltas) > 1  # each step's text as it is chosen
+    assert [s["winner"] for s in chunks[-1].stage_search["steps"]] == [s.winner for s in expected.steps]
 
 
 @pytest.mark.parametrize("body, param", [
