@@ -169,6 +169,9 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
     p.add(g, "--attention-monitor-interval", type=int, default=0, metavar="N",
           help="every N steps: per layer, the share of text tokens' attention on image tokens, on a fixed probe "
                "batch (TensorBoard, train_log.jsonl, attention_text_to_image.png); 0: off")
+    p.add(g, "--trust-checkpoint", flag_only=True,
+          help="allow --from-pretrained / --resume checkpoint files that only load by running pickled code "
+               "(old checkpoints; only for files from a source you trust)")
     p.add(g, "--log-interval", type=int, default=DEFAULTS["log_interval"], metavar="N", help="progress line every N steps")
 
     if launcher:

@@ -6,10 +6,15 @@
     <dir>/<iter>/mp_rank_00_model_states.pt  {"module": state dict, "cogcot": trainer state, DeepSpeed's
                                              engine state (and, without ZeRO, the optimizer state)}
     <dir>/<iter>/zero_pp_rank_*_optim_states.pt   ZeRO optimizer partitions, one per data-parallel rank
+    <dir>/<iter>/zero_pp_rank_*_model_states.pt   ZeRO-3 only: DeepSpeed's weight partitions (the .pt above
+                                             then holds the gathered full weights)
     <dir>/<iter>/rng_state_rank<r>.pt        each process's RNG states (dropout continues exactly)
 
 Written with DeepSpeed's public `save_checkpoint`/`load_checkpoint` (all ranks take part), so
-`CogVLMModel.from_pretrained(<dir>)` loads it as it loads an official checkpoint.
+`CogVLMModel.from_pretrained(<dir>)` loads it as it loads an official checkpoint. Everything is read with
+`torch.load(weights_only=True)` (models.checkpoint.load_file), DeepSpeed's own reads included: what a
+resume needs beyond tensors (RNG states, samples consumed, run settings) is stored as tensors and plain
+numbers/strings, so no code in a checkpoint runs; `trust=True` (--trust-checkpoint) allows an old one.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from models.checkpoint import STATE_FILE, read_latest
+from models.checkpoint import STATE_FILE, load_file, read_latest
 
 TRAINER_STATE_KEY = "cogcot"
 
@@ -38,16 +43,52 @@ def barrier() -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """This process's RNG states as tensors and plain numbers (a weights-only load reads them back)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {"python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what rng_state() saved (also the tuple/ndarray form earlier versions pickled)."""
+    py, npy = state["python"], state["numpy"]
+    if isinstance(py, dict):
+        py = (py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"])
+    if isinstance(npy, dict):
+        npy = (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    random.setstate(py)
+    np.random.set_state(npy)
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def deepspeed_data_globals() -> list:
+    """The plain data classes DeepSpeed pickles into its optimizer files (loss scaler settings, the ZeRO
+    stage, fragment addresses); rebuilding them sets attributes only, no code of theirs runs."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class _WeightsOnlyLoads:
+    """DeepSpeed's checkpoint engine with every read going through load_file (weights_only) instead of
+    its `torch.load(weights_only=False)`; everything else is the wrapped engine's."""
+
+    def __init__(self, inner, trust: bool):
+        self._inner, self._trust = inner, trust
+
+    def load(self, path, map_location=None):
+        return load_file(path, trust=self._trust, map_location=map_location or "cpu",
+                         data_globals=deepspeed_data_globals())
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
 
 
 def write_model_files(model, ckpt_dir, tokenizer_file: Optional[str], lora_config=None) -> None:
@@ -91,11 +132,9 @@ def save_training_checkpoint(engine, ckpt_dir, iteration: int, trainer_state: di
     full = None
     if engine.zero_optimization_partition_weights():
         full = _full_state_dict_zero3(engine)
-        if _rank() == 0:  # make the model file official: the full weights under "module"
-            f = ckpt_dir / tag / STATE_FILE
-            payload = torch.load(f, map_location="cpu", weights_only=False)
-            payload["module"] = full
-            torch.save(payload, f)
+        if _rank() == 0:  # DeepSpeed wrote zero_pp_rank_*_model_states.pt (partitions): add the official file
+            torch.save({"module": full, "iteration": iteration, TRAINER_STATE_KEY: trainer_state},
+                       ckpt_dir / tag / STATE_FILE)
     if save_format != "pt" and _rank() == 0:
         write_weights(engine.module if full is None else full, ckpt_dir / tag, save_format)
     torch.save(rng_state(), ckpt_dir / tag / f"rng_state_rank{_rank():03d}.pt")
@@ -105,33 +144,41 @@ def save_training_checkpoint(engine, ckpt_dir, iteration: int, trainer_state: di
     return ckpt_dir / tag
 
 
-def read_trainer_state(ckpt_dir, iteration=None) -> dict:
+def read_trainer_state(ckpt_dir, iteration=None, trust: bool = False) -> dict:
     """The trainer state saved with an iteration (default: latest); {} for a checkpoint made elsewhere."""
     tag = read_latest(ckpt_dir) if iteration is None else str(iteration)
     f = Path(ckpt_dir) / tag / STATE_FILE
-    payload = torch.load(f, map_location="cpu", mmap=True, weights_only=False)
+    payload = load_file(f, trust=trust, mmap=True, data_globals=deepspeed_data_globals())
     return dict(payload.get(TRAINER_STATE_KEY) or {})
 
 
-def restore_training_state(engine, ckpt_dir, iteration: int) -> None:
-    """Optimizer (and ZeRO) state and weights through DeepSpeed, then this rank's RNG states."""
-    load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=str(iteration), load_optimizer_states=True,
-                                          load_lr_scheduler_states=False, load_module_strict=True)
+def restore_training_state(engine, ckpt_dir, iteration: int, trust: bool = False) -> None:
+    """Optimizer (and ZeRO) state and weights through DeepSpeed (its reads weights-only), then this rank's
+    RNG states."""
+    plain = engine.checkpoint_engine
+    engine.checkpoint_engine = _WeightsOnlyLoads(plain, trust)
+    try:
+        load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=str(iteration), load_optimizer_states=True,
+                                              load_lr_scheduler_states=False, load_module_strict=True)
+    finally:
+        engine.checkpoint_engine = plain
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load {ckpt_dir}/{iteration}")
     rng_file = Path(ckpt_dir) / str(iteration) / f"rng_state_rank{_rank():03d}.pt"
     if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(load_file(rng_file, trust=trust))
     elif _rank() == 0:
         print(f"[resume] {rng_file} missing (different number of processes?): RNG streams start afresh")
 
 
-def load_training_checkpoint(path, base_args=None, dtype: Optional[torch.dtype] = None, iteration=None):
+def load_training_checkpoint(path, base_args=None, dtype: Optional[torch.dtype] = None, iteration=None,
+                             trust: bool = False):
     """(model with its LoRA adapters, if the run had any, model args, LoRA config or None, iteration)
     from a checkpoint this trainer saved. Every weight is checked by name and shape before loading.
 
     base_args: run-time settings (dtype flags, device, ...) to carry into the model args; dtype: the
-    parameters' dtype (default: that of the saved weights); iteration: default the latest.
+    parameters' dtype (default: that of the saved weights); iteration: default the latest; trust: allow
+    files that only load with full pickle (models.checkpoint.load_file).
     """
     from models.checkpoint import check_keys, load_state_dict
     from models.cogvlm import CogVLMModel, build_model_args
@@ -140,7 +187,7 @@ def load_training_checkpoint(path, base_args=None, dtype: Optional[torch.dtype] 
     config = load_model_config(str(path))
     lora = LoRAConfig.from_dict(config.pop("lora")) if "lora" in config else None
     iteration = int(read_latest(path)) if iteration is None else int(iteration)
-    state = load_state_dict(path, iteration)
+    state = load_state_dict(path, iteration, trust=trust)
     if dtype is None:
         dtype = next(v.dtype for v in state.values() if v.is_floating_point())
     margs = build_model_args(config, base_args)

@@ -68,7 +68,8 @@ def build_model(opts, sat_args):
     """(model, model args, LoRA config or None, iteration to resume from or 0)."""
     from models.cogvlm import CogVLMModel
     if not opts.resume:
-        model, margs = CogVLMModel.from_pretrained(opts.from_pretrained, args=sat_args)
+        model, margs = CogVLMModel.from_pretrained(opts.from_pretrained, args=sat_args,
+                                                   trust_checkpoint=opts.trust_checkpoint)
         lora = None
         if opts.finetune_mode == "lora":
             lora = LoRAConfig(rank=opts.lora_rank, alpha=opts.lora_alpha, dropout=opts.lora_dropout,
@@ -77,7 +78,7 @@ def build_model(opts, sat_args):
         return model, margs, lora, 0
     # Resume: the architecture (and LoRA structure) of the checkpoint, its weights.
     dtype = torch.bfloat16 if sat_args.bf16 else torch.half if sat_args.fp16 else torch.float
-    return load_training_checkpoint(opts.resume, sat_args, dtype)
+    return load_training_checkpoint(opts.resume, sat_args, dtype, trust=opts.trust_checkpoint)
 
 
 def held_out_accuracy(model, tokenizer, opts, template: str, image_size, out_path=None) -> Optional[dict]:
@@ -113,7 +114,7 @@ class Run:
         self.template = opts.template or getattr(self.margs, "text_processor_version", "chat_old")
         self.image_size = list(self.margs.eva_args["image_size"])
         self.max_length = opts.max_length or min(2048, self.margs.max_sequence_length)
-        self.trainer_state = read_trainer_state(opts.resume) if opts.resume else {}
+        self.trainer_state = read_trainer_state(opts.resume, trust=opts.trust_checkpoint) if opts.resume else {}
         self.ckpt_dir: Optional[Path] = Path(opts.resume) if opts.resume else None
         self.history = History()
         self.accuracy_before = self.accuracy_after = None
@@ -188,7 +189,7 @@ class Run:
 
     def resume(self, engine, iteration: int) -> int:
         """Optimizer state, RNG and data position of the checkpoint; returns micro-batches to skip."""
-        restore_training_state(engine, self.ckpt_dir, iteration)
+        restore_training_state(engine, self.ckpt_dir, iteration, trust=self.opts.trust_checkpoint)
         consumed = int(self.trainer_state.get("consumed_samples", 0))
         per_micro = self.opts.batch_size * self.world
         if consumed % per_micro:
@@ -377,9 +378,10 @@ def main(argv=None) -> int:
         sat_args = sat_compat.get_args(sat_argv(opts, ds_path, num_workers, eval_interval) + sat_rest)
     finally:
         os.unlink(ds_path)
+    from models.checkpoint import CheckpointError
     try:
         run = Run(opts, sat_args)
-    except arguments.ConfigError as e:
+    except (arguments.ConfigError, CheckpointError) as e:
         print(f"finetune: cannot start:\n{e}", file=sys.stderr, flush=True)
         return 2
     run.set_trainable()
@@ -388,6 +390,9 @@ def main(argv=None) -> int:
         trained = run.train()  # (engine, iteration)
     except DatasetError as e:  # no usable samples, or the first bad record with --strict-data
         print(f"finetune: cannot train: {e}", file=sys.stderr, flush=True)
+        return 2
+    except CheckpointError as e:  # a resume file refused (pickled code) or unreadable
+        print(f"finetune: cannot resume: {e}", file=sys.stderr, flush=True)
         return 2
     run.finish(*trained)  # finish drops the engine before evaluating
     return 0

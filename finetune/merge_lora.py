@@ -25,22 +25,24 @@ from finetune.checkpoint import load_training_checkpoint
 from finetune.lora import merge_lora
 
 
-def load_lora_checkpoint(path, iteration=None):
-    """(model with adapters attached and loaded, iteration) from a LoRA training checkpoint, on CPU."""
+def load_lora_checkpoint(path, iteration=None, trust: bool = False):
+    """(model with adapters attached and loaded, iteration) from a LoRA training checkpoint, on CPU;
+    trust: allow weights files that only load by running pickled code (--trust-checkpoint)."""
     from models.checkpoint import CheckpointError
     from models.config import load_model_config
     if "lora" not in load_model_config(str(path)):
         raise CheckpointError(f"{path}/model_config.json has no 'lora' entry: not a LoRA training checkpoint "
                               f"(it already loads with CogVLMModel.from_pretrained)")
-    model, _, _, iteration = load_training_checkpoint(path, iteration=iteration)
+    model, _, _, iteration = load_training_checkpoint(path, iteration=iteration, trust=trust)
     return model.eval(), iteration
 
 
-def merge_checkpoint(path, out: Optional[Path] = None, iteration=None, save_format: str = "pt") -> Path:
+def merge_checkpoint(path, out: Optional[Path] = None, iteration=None, save_format: str = "pt",
+                     trust: bool = False) -> Path:
     """Merge and save; returns the output directory."""
     path = Path(path)
     out = Path(out) if out is not None else path / "merged"
-    model, iteration = load_lora_checkpoint(path, iteration)
+    model, iteration = load_lora_checkpoint(path, iteration, trust)
     with torch.no_grad():
         merge_lora(model)
     model.save_pretrained(out, iteration=iteration, save_format=save_format)
@@ -49,10 +51,10 @@ def merge_checkpoint(path, out: Optional[Path] = None, iteration=None, save_form
     return out
 
 
-def export_peft_checkpoint(path, out, iteration=None, dtype: Optional[str] = None) -> Path:
+def export_peft_checkpoint(path, out, iteration=None, dtype: Optional[str] = None, trust: bool = False) -> Path:
     """The base model in the HF layout plus the unmerged adapters as a PEFT adapter, in `out`."""
     from finetune.peft_export import export_peft
-    model, _ = load_lora_checkpoint(path, iteration)
+    model, _ = load_lora_checkpoint(path, iteration, trust)
     return export_peft(model, model.mixins["lora"].config, out, tokenizer_dir=path, dtype=dtype)
 
 
@@ -69,13 +71,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "adapter_model.safetensors) in OUT_DIR")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="--export-peft: dtype of the base weights (default: as saved)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint file that only loads by running pickled code (an old one; only "
+                        "for files from a source you trust)")
     a = p.parse_args(argv)
     from models.checkpoint import CheckpointError
     try:
         if a.export_peft:
-            out = export_peft_checkpoint(a.checkpoint, a.export_peft, a.iteration, a.dtype)
+            out = export_peft_checkpoint(a.checkpoint, a.export_peft, a.iteration, a.dtype, a.trust_checkpoint)
         else:
-            out = merge_checkpoint(a.checkpoint, a.out, a.iteration, a.save_format)
+            out = merge_checkpoint(a.checkpoint, a.out, a.iteration, a.save_format, a.trust_checkpoint)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"merge_lora: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--fp16", action="store_true")
     g.add_argument("--model-seed", type=int, default=0, help="torch seed before building (random presets)")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint file that only loads by running pickled code (an old one; only for "
+                        "files from a source you trust)")
 
 
 def add_search_args(p: argparse.ArgumentParser, n_flag: str = "--stage-search", judge: str = "self") -> None:
@@ -52,7 +55,8 @@ def load_model(args):
     from models.tokenizer import tokenizer_for
     torch.manual_seed(args.model_seed)
     run_args = argparse.Namespace(device=args.device, bf16=args.bf16, fp16=args.fp16, mode="inference")
-    model, model_args = CogVLMModel.from_pretrained(args.from_pretrained, args=run_args)
+    model, model_args = CogVLMModel.from_pretrained(args.from_pretrained, args=run_args,
+                                                    trust_checkpoint=getattr(args, "trust_checkpoint", False))
     model.eval()
     tokenizer = tokenizer_for(args.from_pretrained, getattr(model_args, "tokenizer_type", None), args.tokenizer)
     template = args.template or getattr(model_args, "text_processor_version", None) or "chat_old"

@@ -2,12 +2,19 @@
 and `<iteration>/mp_rank_00_model_states.pt` holding `{"module": state_dict}`.
 
 With save format "safetensors" the weights go to `<iteration>/mp_rank_00_model_states.safetensors`
-instead (weights only, nothing pickled); loading prefers that file when an iteration has both."""
+instead (weights only, nothing pickled); loading prefers that file when an iteration has both.
+
+Every .pt file is read with `torch.load(weights_only=True)`: tensors, plain containers and numbers only,
+so no code in a checkpoint runs. A file that needs more (an old checkpoint that pickled objects) is
+refused with `UntrustedCheckpointError`, naming the file and `--trust-checkpoint`, which allows it."""
+import argparse
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 # Buffers a checkpoint may omit: they are recomputed from the configuration.
@@ -19,6 +26,49 @@ SAVE_FORMATS = ("pt", "safetensors")
 
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model; the message names the file and the weights."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint file that can only be loaded by running pickled code (refused unless trusted)."""
+
+
+TRUST_FLAG = "--trust-checkpoint"
+
+
+def _data_globals() -> list:
+    """Data types (not code) that SAT- and DeepSpeed-written files hold beside tensors: numpy arrays (SAT
+    saves numpy's RNG state) and argparse.Namespace (run arguments). Rebuilding them calls no user code."""
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), argparse.Namespace]
+
+
+def load_file(f: Union[str, os.PathLike], trust: bool = False, mmap: bool = False, map_location="cpu",
+              data_globals: Iterable = ()):
+    """`torch.load` of one checkpoint file with weights_only=True (plus the data types above and
+    `data_globals`: further plain data classes a caller knows the file may hold).
+
+    A file that needs other globals raises UntrustedCheckpointError naming the file and TRUST_FLAG; with
+    trust=True it is loaded with full pickle (only for files from a source one trusts). A damaged file
+    raises CheckpointError. mmap: memory-map the tensors when the file's format allows it."""
+    mmap = mmap and _is_zip(f)
+    try:
+        with torch.serialization.safe_globals(_data_globals() + list(data_globals)):
+            return torch.load(f, map_location=map_location, mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{f}: cannot be read ({type(e).__name__}: {e})") from None
+        if not trust:
+            detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            raise UntrustedCheckpointError(
+                f"{f}: refused: loading it would run pickled code ({detail}). It is probably an old "
+                f"checkpoint that stored Python objects; if you trust where it came from, pass {TRUST_FLAG} "
+                f"(then re-save it: new checkpoints hold tensors and plain data only)") from None
+    except Exception as e:  # torch raises many types for a damaged file
+        raise CheckpointError(f"{f}: cannot be read ({type(e).__name__}: {e})") from None
+    try:
+        return torch.load(f, map_location=map_location, mmap=mmap, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{f}: cannot be read ({type(e).__name__}: {e})") from None
 
 
 def read_latest(path: Union[str, os.PathLike]) -> str:
@@ -41,7 +91,8 @@ def state_file(path: Union[str, os.PathLike], iteration: Optional[Union[int, str
     return f
 
 
-def load_state_dict(path: Union[str, os.PathLike], iteration=None) -> Dict[str, torch.Tensor]:
+def load_state_dict(path: Union[str, os.PathLike], iteration=None, trust: bool = False) -> Dict[str, torch.Tensor]:
+    """The `module` state dict of an iteration (default: latest); trust: see load_file."""
     f = state_file(path, iteration)
     if f.suffix == ".safetensors":
         from .safetensors_io import SafetensorsError, load_weights
@@ -49,13 +100,19 @@ def load_state_dict(path: Union[str, os.PathLike], iteration=None) -> Dict[str, 
             return load_weights(f)
         except SafetensorsError as e:
             raise CheckpointError(str(e)) from None
-    try:
-        sd = torch.load(f, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{f}: cannot be read ({type(e).__name__}: {e})") from None
+    sd = load_file(f, trust=trust, mmap=True)
     if not isinstance(sd, dict) or "module" not in sd:
         raise CheckpointError(f"{f}: expected a dict with a 'module' entry holding the state dict")
     return sd["module"]
+
+
+def _is_zip(f: Path) -> bool:
+    """torch's zip format (the default since 1.6) can be memory-mapped; the legacy format cannot."""
+    try:
+        with open(f, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError as e:
+        raise CheckpointError(f"{f}: cannot be read ({e.strerror})") from None
 
 
 def _short_list(keys: Iterable[str], limit: int = 12) -> str:

@@ -123,9 +123,10 @@ class CogVLMModel(BaseModel):
                                attention_is_causal=causal, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path_or_preset, args=None, overrides=None, iteration=None):
+    def from_pretrained(cls, path_or_preset, args=None, overrides=None, iteration=None, trust_checkpoint=False):
         """(model, args) from a checkpoint directory or a preset name; see `from_pretrained` below."""
-        return from_pretrained(path_or_preset, args, overrides=overrides, iteration=iteration)
+        return from_pretrained(path_or_preset, args, overrides=overrides, iteration=iteration,
+                               trust_checkpoint=trust_checkpoint)
 
     def model_config(self) -> dict:
         """The official model_config.json content for this model."""
@@ -162,9 +163,10 @@ def build_model_args(model_config: dict, args=None, overrides: Optional[dict] = 
 
 
 def from_pretrained(path_or_preset: str, args=None, overrides: Optional[dict] = None,
-                    iteration=None) -> Tuple["CogVLMModel", object]:
+                    iteration=None, trust_checkpoint: bool = False) -> Tuple["CogVLMModel", object]:
     """Load a checkpoint directory in the official SAT layout or the Hugging Face (`cogvlm-*-hf`) layout,
     or build a preset; returns (model, args). HF weights are renamed in memory and read lazily.
+    A .pt file is read without running pickled code; trust_checkpoint=True allows an old one that needs it.
 
     `cogvlm-tiny` builds with random weights. The 17B presets must be downloaded first (nothing is
     fetched here): unzip the official archive and pass its directory, or put it under $SAT_HOME.
@@ -193,7 +195,7 @@ def from_pretrained(path_or_preset: str, args=None, overrides: Optional[dict] = 
         raise CheckpointError(f"{path / 'model_config.json'}: model_class is {model_config['model_class']!r}, "
                               "expected 'CogVLMModel'")
     model_args = build_model_args(model_config, args, overrides)
-    state = load_state_dict(path, iteration)
+    state = load_state_dict(path, iteration, trust=trust_checkpoint)
     return _assign(model_args, state, f"{state_file(path, iteration)}"), model_args
 
 

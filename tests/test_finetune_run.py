@@ -48,7 +48,7 @@ def run_dir(save: Path) -> Path:
 
 def module_state(ckpt: Path, iteration: int) -> dict:
     return torch.load(ckpt / str(iteration) / "mp_rank_00_model_states.pt", map_location="cpu",
-                      weights_only=False)["module"]
+                      weights_only=True)["module"]
 
 
 def initial_tiny():
