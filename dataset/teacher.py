@@ -175,20 +175,21 @@ def run(teacher: Teacher, todo: List[Sample], out: ResultFile, rej: ResultFile, 
     counts, by_check, tokens = Counter({ACCEPTED: 0, REJECTED: 0, PENDING: 0}), Counter(), [0, 0]
     last_failure = [""]
     bar = tqdm(total=len(todo), desc="teacher", unit="sample", disable=not progress, file=sys.stderr)
-    start, queue, running = time.monotonic(), list(reversed(todo)), set()
+    start, queue, running = time.monotonic(), list(reversed(todo)), {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="teacher")
     try:
         while queue or running:
             while queue and len(running) < 2 * workers and not teacher.client.down:
-                running.add(pool.submit(teacher, queue.pop()))
+                sample = queue.pop()
+                running[pool.submit(teacher, sample)] = sample
             if not running:  # the endpoint is down: what is left waits for the next run
                 counts[PENDING] += len(queue)
                 bar.update(len(queue))
                 queue.clear()
                 break
-            done, running = wait(running, return_when=FIRST_COMPLETED)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                outcome = future.result()
+                outcome = _outcome(future, running.pop(future))
                 _record(outcome, out, rej)
                 counts[outcome.status] += 1
                 tokens[0] += outcome.prompt_tokens
@@ -206,6 +207,14 @@ def run(teacher: Teacher, todo: List[Sample], out: ResultFile, rej: ResultFile, 
     if last_failure[0]:
         print(f"teacher: a pending sample's last failure: {last_failure[0]}", file=sys.stderr)
     return counts, by_check, tokens
+
+
+def _outcome(future, sample: Sample) -> Outcome:
+    """The future's outcome; an unexpected error of one sample leaves it pending, the run goes on."""
+    try:
+        return future.result()
+    except Exception as e:  # noqa: BLE001 - one bad sample must not stop the others
+        return Outcome(sample, PENDING, reasons=[f"unexpected error: {type(e).__name__}: {e}"])
 
 
 def _record(outcome: Outcome, out: ResultFile, rej: ResultFile) -> None:

@@ -276,3 +276,20 @@ def test_template_and_checks():
     assert answer_check("<CONCLUSION> three. </CONCLUSION>", free) == []
     assert answer_check("<CONCLUSION> four </CONCLUSION>", free)[0].startswith("answer:")
     assert answer_check("<CONCLUSION> yellow </CONCLUSION>", task) == []  # the option's text counts
+
+
+def test_one_sample_failing_unexpectedly_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
+    import dataset.teacher as teacher_module
+    data = write_data(tmp_path, ["q-a", "q-b", "q-c"])
+    real = teacher_module.decode_image
+
+    def flaky_decode(path, *a, **kw):
+        if str(path).endswith("1.png"):
+            raise RuntimeError("disk went away")
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(teacher_module, "decode_image", flaky_decode)
+    with FakeOpenAI(Teacher()) as fake:
+        assert run_teacher(fake, data, tmp_path / "o.jsonl", "--workers", "2") == 3
+    assert {r["id"] for r in read_jsonl(tmp_path / "o.jsonl")} == {"s0-q-a", "s2-q-c"}
+    assert "pending 1" in capsys.readouterr().out
