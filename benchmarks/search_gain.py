@@ -40,6 +40,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=64, help="greedy: questions decoded together")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-stage-tokens", type=int, default=96, help="cap on one candidate of one step")
+    p.add_argument("--temperature", type=float, default=0.6, help="candidates' sampling temperature (reference 0.6)")
+    p.add_argument("--top-p", type=float, default=0.9, help="candidates' top-p (reference 0.9)")
     p.add_argument("--out", default=None, help="keep the per-run records here (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is fastest on a busy box)")
     a = p.parse_args()
@@ -48,7 +50,9 @@ def main() -> int:
         torch.set_num_threads(a.threads)
     from inference.evaluate import evaluate
     from inference.model_args import load_model
-    from inference.options import SearchOptions
+    from inference.options import REFERENCE_SAMPLING, SearchOptions
+    sampling = REFERENCE_SAMPLING.replace(temperature=a.temperature, top_p=a.top_p)
+    tag = "" if (a.temperature, a.top_p) == (0.6, 0.9) else f"-t{a.temperature:g}-p{a.top_p:g}"
     ns = [int(x) for x in a.ns.split(",") if x]
     runs = [("greedy", "", 1)] + [(m, j, n) for m in a.modes.split(",") if m for j in a.judges.split(",") if j
                                   for n in ns]
@@ -61,18 +65,18 @@ def main() -> int:
     print(f"{'mode':<10} {'judge':<12} {'N':>2} {'accuracy':>8} {'vs greedy':>9} {'4 stages':>8} {'wall s':>7}  "
           f"per category", flush=True)
     for mode, judge, n in runs:
-        path = out / (f"{mode}-{judge}-n{n}.jsonl" if judge else "greedy.jsonl")
+        path = out / (f"{mode}-{judge}-n{n}{tag}.jsonl" if judge else "greedy.jsonl")
         wall_path = path.with_suffix(".wall")
         t = time.time()
         res = evaluate(model, tokenizer, a.data, template=template, mode=mode, n=n, judge=judge or "logprob",
                        batch_size=a.batch_size, limit=a.limit, max_new_tokens=a.max_new_tokens, out_path=str(path),
                        resume=path.exists(), progress=False, model_name=os.path.abspath(a.from_pretrained),
-                       search_options=SearchOptions(max_step_tokens=a.max_stage_tokens))
+                       search_options=SearchOptions(max_step_tokens=a.max_stage_tokens, sampling=sampling))
         wall = time.time() - t
         if wall_path.exists():  # resumed: add the time the earlier sittings took
             wall += float(wall_path.read_text())
         wall_path.write_text(f"{wall:.1f}")
-        key = f"{mode}/{judge}/{n}" if judge else "greedy"
+        key = f"{mode}/{judge}/{n}{tag}" if judge else "greedy"
         results[key] = {"accuracy": res["accuracy"], "wall_s": round(wall, 1), "n": res["n"],
                         "well_formed": round(well_formed(res["records"]), 4),
                         "per_category": {c: round(v, 4) for c, v in res["per_category"].items()}}
