@@ -11,12 +11,17 @@ over the shared prefix, the winner's cache kept). Printed per run: wall time, LM
 memory, and whether both runs chose the same answers. Each (N, runner) runs --repeats times (same
 answers and counts every time), the two runners alternating; the table keeps the fastest wall time
 of each, as timing noise only adds. The LAST line is a JSON object
-{N: {"speedup_wall": t_ref / t_fast, "forward_token_ratio": tokens_ref / tokens_fast}}.
+{N: {"speedup_wall": t_ref / t_fast, "forward_token_ratio": tokens_ref / tokens_fast,
+"kv_held_mb": {runner: MB}, "peak_mb": {runner: MB}}}.
 
-Memory: "KV MB" is the largest KV cache a single forward attended over (prefix + all rows' own tokens
-in the fast mode, one candidate's dense cache in the reference), from `ForwardCounter`. "peak MB": on GPU the peak of torch.cuda.max_memory_allocated over the run minus the memory allocated at
-its start; on CPU the peak resident set size (psutil, sampled every 2 ms, after malloc_trim) minus the RSS at its
-start: it also sees allocator behaviour and other buffers, so read it as a rough figure.
+Memory: "KV MB" is the largest KV cache a single forward attended over as the cache reports it
+(`ForwardCounter`, `cache.nbytes()`), "KV held" the largest storage a cache really kept alive after a
+forward, found by walking its tensors (so it also checks what a cache reports: prefix once plus each
+row's buffer in the fast mode, one candidate's dense cache in the reference). "peak MB": on GPU the peak
+of torch.cuda.max_memory_allocated over the run minus the memory allocated at its start; on CPU the
+process's peak RSS (VmHWM, reset at the run's start through /proc/self/clear_refs, after malloc_trim)
+minus the RSS at its start: it also sees allocator behaviour and other buffers, so read it as a rough
+figure. "RSS MB": the process's whole peak (model and interpreter included).
 
 A random-weight model (cogvlm-tiny) rarely writes a stage's end tag, so every candidate runs to the
 per-step cap (--max-stage-tokens, default 16): the run is "every stage at the cap", the honest worst case
