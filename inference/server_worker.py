@@ -151,7 +151,8 @@ class ModelWorker:
                     "mean_rows_per_step": sum(k * v for k, v in self.step_rows.items()) / max(steps, 1),
                     "batch_rows": {str(k): v for k, v in sorted(self.step_rows.items())},
                     "admitted_rows": {str(k): v for k, v in sorted(self.admit_rows.items())},
-                    **{k: self.counts[k] for k in ("requests", "served", "errors", "stage_searches")}}
+                    **{k: self.counts[k] for k in ("requests", "served", "errors", "stage_searches",
+                                                        "cancelled_rows")}}
 
     # -- admitting jobs --------------------------------------------------------------------------
     def _fits(self, a: int, b: int) -> bool:
@@ -273,8 +274,9 @@ class ModelWorker:
     def _deliver(self, changed) -> None:
         """Stream deltas, finished choices and, when a job's last choice is done, its usage."""
         for (job, c, streamer), row in changed:
-            if row.finish == "cancelled":
+            if row.finish == "cancelled":  # the client went away: the row left the batch
                 job.rows_left -= 1
+                self.counts["cancelled_rows"] += 1
                 continue
             if streamer is not None:
                 streamer.update(row.text, final=row.finish is not None)

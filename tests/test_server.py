@@ -209,3 +209,16 @@ def test_a_failing_request_fails_alone_and_the_server_goes_on(tiny_server, clien
     assert tiny_server.worker.stats()["errors"] == errors + 1
     monkeypatch.undo()
     assert ask(client, "after", max_tokens=3).choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_stream_whose_client_goes_away_leaves_the_batch(tiny_server):
+    before = tiny_server.worker.stats()["cancelled_rows"]
+    body = {"model": "cogvlm-tiny", "messages": [{"role": "user", "content": "Tell me more"}], "max_tokens": 900,
+            "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{tiny_server.url}/chat/completions", json=body, timeout=60) as raw:
+        lines = raw.iter_lines()
+        assert next(lines).startswith("data: ")  # the stream started; now hang up
+    deadline = time.monotonic() + 30
+    while tiny_server.worker.stats()["cancelled_rows"] == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tiny_server.worker.stats()["cancelled_rows"] == before + 1  # dropped, not decoded to 900 tokens
