@@ -22,12 +22,15 @@ import json
 import os
 import random
 import shutil
+import time
+import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
 
+from models.atomic_files import PARTIAL_PREFIX, atomic_write_text
 from models.checkpoint import STATE_FILE, load_file, read_latest
 
 TRAINER_STATE_KEY = "cogcot"
@@ -98,11 +101,12 @@ def write_model_files(model, ckpt_dir, tokenizer_file: Optional[str], lora_confi
     config = model.model_config()
     if lora_config is not None:
         config["lora"] = lora_config.to_dict()
-    tmp = ckpt_dir / "model_config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, ckpt_dir / "model_config.json")
-    if tokenizer_file and Path(tokenizer_file).resolve() != (ckpt_dir / "tokenizer.model").resolve():
-        shutil.copyfile(tokenizer_file, ckpt_dir / "tokenizer.model")
+    atomic_write_text(ckpt_dir / "model_config.json", json.dumps(config, indent=2) + "\n")
+    target = ckpt_dir / "tokenizer.model"
+    if tokenizer_file and Path(tokenizer_file).resolve() != target.resolve():
+        tmp = target.with_name(f".tokenizer.model.tmp-{os.getpid()}")
+        shutil.copyfile(tokenizer_file, tmp)
+        os.replace(tmp, target)
 
 
 def write_weights(model_or_state, iteration_dir, save_format: str) -> Path:
@@ -122,26 +126,85 @@ def _full_state_dict_zero3(engine) -> Optional[dict]:
     return None
 
 
+TEST_PAUSE_IN_SAVE = "COGCOT_TEST_PAUSE_IN_SAVE"  # test-only hook, see _pause_in_save
+
+
+def _pause_in_save(iteration: int, written: Path) -> None:
+    """Test-only: with COGCOT_TEST_PAUSE_IN_SAVE=<iteration> the save of that iteration stops, its files
+    written but not yet published, says so on stdout and waits (a test kills the run there)."""
+    if os.environ.get(TEST_PAUSE_IN_SAVE) == str(iteration) and _rank() == 0:
+        print(f"[test-hook] inside the save of iteration {iteration} ({written})", flush=True)
+        time.sleep(3600)
+
+
 def save_training_checkpoint(engine, ckpt_dir, iteration: int, trainer_state: dict,
                              tokenizer_file: Optional[str] = None, lora_config=None, save_format: str = "pt") -> Path:
     """Write iteration `iteration` into `ckpt_dir` (all ranks call this); save_format "safetensors" adds
-    the weights as a safetensors file beside DeepSpeed's .pt (which stays: it holds the resume state)."""
+    the weights as a safetensors file beside DeepSpeed's .pt (which stays: it holds the resume state).
+
+    Crash-safe: every file (DeepSpeed's, the RNG states, ...) goes to `<ckpt_dir>/.partial-<iteration>`;
+    once all ranks are done, rank 0 syncs it, renames it to `<iteration>` and then replaces `latest`."""
+    from models.atomic_files import partial_dir, publish_iteration
     ckpt_dir = Path(ckpt_dir)
-    tag = str(iteration)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={TRAINER_STATE_KEY: trainer_state})
+    written = ckpt_dir / f"{PARTIAL_PREFIX}{iteration}"
+    if _rank() == 0:
+        partial_dir(ckpt_dir, iteration)  # a crashed save's leftovers go
+    barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=written.name, client_state={TRAINER_STATE_KEY: trainer_state},
+                           save_latest=False)
     full = None
     if engine.zero_optimization_partition_weights():
         full = _full_state_dict_zero3(engine)
         if _rank() == 0:  # DeepSpeed wrote zero_pp_rank_*_model_states.pt (partitions): add the official file
             torch.save({"module": full, "iteration": iteration, TRAINER_STATE_KEY: trainer_state},
-                       ckpt_dir / tag / STATE_FILE)
+                       written / STATE_FILE)
     if save_format != "pt" and _rank() == 0:
-        write_weights(engine.module if full is None else full, ckpt_dir / tag, save_format)
-    torch.save(rng_state(), ckpt_dir / tag / f"rng_state_rank{_rank():03d}.pt")
+        write_weights(engine.module if full is None else full, written, save_format)
+    torch.save(rng_state(), written / f"rng_state_rank{_rank():03d}.pt")
+    barrier()  # every rank's files are complete
     if _rank() == 0:
         write_model_files(engine.module, ckpt_dir, tokenizer_file, lora_config)
+        _pause_in_save(iteration, written)
+        publish_iteration(ckpt_dir, iteration, written)
     barrier()
-    return ckpt_dir / tag
+    return ckpt_dir / str(iteration)
+
+
+def iteration_problems(ckpt_dir, iteration) -> List[str]:
+    """What makes a saved iteration unreadable, one line per file ([] when intact). Cheap: a torch zip
+    file is checked through its directory (a cut-off file has none), a legacy one is loaded."""
+    d = Path(ckpt_dir) / str(iteration)
+    if not d.is_dir():
+        return [f"{d}: missing"]
+    problems = [] if (d / STATE_FILE).is_file() else [f"{d / STATE_FILE}: missing"]
+    for f in sorted(d.glob("*.pt")):
+        try:
+            if zipfile.is_zipfile(f):
+                with zipfile.ZipFile(f) as z:
+                    z.getinfo(next(n for n in z.namelist() if n.endswith("data.pkl")))
+            else:
+                load_file(f, trust=True, data_globals=deepspeed_data_globals())
+        except Exception as e:  # BadZipFile, StopIteration (no pickle inside), CheckpointError
+            problems.append(f"{f}: cannot be read ({type(e).__name__}: {e})")
+    return problems
+
+
+def newest_intact_iteration(ckpt_dir, log=print) -> int:
+    """The iteration a resume starts from: the one `latest` names, or, if that cannot be read, the newest
+    older one that can (each unreadable file is reported through `log`). Raises CheckpointError if none."""
+    from models.checkpoint import CheckpointError
+    ckpt_dir = Path(ckpt_dir)
+    named = int(read_latest(ckpt_dir))
+    older = sorted((int(p.name) for p in ckpt_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) < named),
+                   reverse=True)
+    for iteration in [named, *older]:
+        problems = iteration_problems(ckpt_dir, iteration)
+        if not problems:
+            if iteration != named:
+                log(f"[resume] falling back to iteration {iteration}, the newest intact checkpoint in {ckpt_dir}")
+            return iteration
+        log(f"[resume] iteration {iteration} cannot be used:\n  " + "\n  ".join(problems))
+    raise CheckpointError(f"{ckpt_dir}: no intact iteration to resume from (see the problems above)")
 
 
 def read_trainer_state(ckpt_dir, iteration=None, trust: bool = False) -> dict:

@@ -24,8 +24,8 @@ if __package__ in (None, ""):  # run as a script by the launcher: make the repos
 import torch
 
 from finetune import arguments
-from finetune.checkpoint import (barrier, load_training_checkpoint, read_trainer_state, restore_training_state,
-                                 save_training_checkpoint)
+from finetune.checkpoint import (barrier, load_training_checkpoint, newest_intact_iteration, read_trainer_state,
+                                 restore_training_state, save_training_checkpoint)
 from finetune.data import DatasetFactory, make_collator, split_batch
 from finetune.lora import LoRAConfig, add_lora, freeze_for_lora
 from finetune.parts import PARTS, apply_freeze, check_partition, format_summary, parse_parts, trainable_summary
@@ -64,7 +64,7 @@ def sat_argv(opts, ds_config_path: str, num_workers: int, eval_interval: Optiona
     return argv
 
 
-def build_model(opts, sat_args):
+def build_model(opts, sat_args, resume_iteration: Optional[int] = None):
     """(model, model args, LoRA config or None, iteration to resume from or 0)."""
     from models.cogvlm import CogVLMModel
     if not opts.resume:
@@ -78,7 +78,8 @@ def build_model(opts, sat_args):
         return model, margs, lora, 0
     # Resume: the architecture (and LoRA structure) of the checkpoint, its weights.
     dtype = torch.bfloat16 if sat_args.bf16 else torch.half if sat_args.fp16 else torch.float
-    return load_training_checkpoint(opts.resume, sat_args, dtype, trust=opts.trust_checkpoint)
+    return load_training_checkpoint(opts.resume, sat_args, dtype, iteration=resume_iteration,
+                                    trust=opts.trust_checkpoint)
 
 
 def held_out_accuracy(model, tokenizer, opts, template: str, image_size, out_path=None) -> Optional[dict]:
@@ -104,7 +105,9 @@ class Run:
         self.opts, self.sat_args = opts, sat_args
         self.rank = sat_args.rank
         self.world = sat_args.world_size
-        self.model, self.margs, self.lora, self.start_iteration = build_model(opts, sat_args)
+        # the iteration `latest` names, or the newest intact one if that cannot be read (reported)
+        resume_at = newest_intact_iteration(opts.resume, log=log) if opts.resume else None
+        self.model, self.margs, self.lora, self.start_iteration = build_model(opts, sat_args, resume_at)
         from models.tokenizer import tokenizer_for
         source = opts.resume or opts.from_pretrained
         self.tokenizer = tokenizer_for(source, getattr(self.margs, "tokenizer_type", None), opts.tokenizer)
@@ -114,7 +117,8 @@ class Run:
         self.template = opts.template or getattr(self.margs, "text_processor_version", "chat_old")
         self.image_size = list(self.margs.eva_args["image_size"])
         self.max_length = opts.max_length or min(2048, self.margs.max_sequence_length)
-        self.trainer_state = read_trainer_state(opts.resume, trust=opts.trust_checkpoint) if opts.resume else {}
+        self.trainer_state = (read_trainer_state(opts.resume, resume_at, trust=opts.trust_checkpoint)
+                              if opts.resume else {})
         self.ckpt_dir: Optional[Path] = Path(opts.resume) if opts.resume else None
         self.history = History()
         self.accuracy_before = self.accuracy_after = None

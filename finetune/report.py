@@ -62,4 +62,6 @@ def format_accuracy_table(before: Optional[dict], after: Optional[dict]) -> str:
 
 
 def write_summary(path, summary: dict) -> None:
-    Path(path).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    """finetune_summary.json, replaced atomically (a crash leaves the old one or the new one)."""
+    from models.atomic_files import atomic_write_text
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str) + "\n")

@@ -127,19 +127,19 @@ class History:
     def attach(self, path: str, keep_until: Optional[int] = None) -> "History":
         """Append to `path` from now on; first read what it holds (a resumed run), dropping records after
         `keep_until` (a resume from an earlier checkpoint) and rewriting the file."""
+        from .train_log import read_records, write_records
         self.path = path
         if keep_until is None or not os.path.isfile(path):
             return self
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    if rec["step"] <= keep_until:
-                        self.records(rec.pop("kind")).append(rec)
-        with open(path, "w") as f:
-            for kind in ("train", "valid", "accuracy", *self.other):
-                for r in self.records(kind):
-                    f.write(json.dumps({"kind": kind, **r}) + "\n")
+        records, partial = read_records(path)  # a partial last line (a killed run) is left out
+        if partial:
+            print(f"[resume] {path}: its last line was cut short (the run was killed while writing it); dropped",
+                  flush=True)
+        for rec in records:
+            if rec["step"] <= keep_until:
+                self.records(rec.pop("kind")).append(rec)
+        write_records(path, ({"kind": kind, **r} for kind in ("train", "valid", "accuracy", *self.other)
+                             for r in self.records(kind)))
         return self
 
 

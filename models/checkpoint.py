@@ -167,10 +167,14 @@ def write_weights_file(state: Dict[str, torch.Tensor], iteration_dir: Union[str,
 def write_checkpoint_files(state: Dict[str, torch.Tensor], path: Union[str, os.PathLike], model_config: dict,
                            iteration: Union[int, str] = 1, extra: Optional[dict] = None,
                            save_format: str = "pt") -> Path:
-    """A SAT checkpoint directory from a state dict: model_config.json, latest, <iteration>/weights."""
+    """A SAT checkpoint directory from a state dict: model_config.json, latest, <iteration>/weights; the
+    iteration is written beside its place and renamed when complete, `latest` replaced after."""
+    from .atomic_files import atomic_write_text, partial_dir, publish_iteration
     path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     payload = {"iteration": iteration, **(extra or {})} if save_format == "pt" else extra
-    write_weights_file(state, path / str(iteration), save_format, payload)
-    (path / "model_config.json").write_text(json.dumps(model_config, indent=2) + "\n")
-    (path / "latest").write_text(f"{iteration}\n")
+    written = partial_dir(path, iteration)  # renamed to <iteration> once complete, then latest (crash-safe)
+    write_weights_file(state, written, save_format, payload)
+    atomic_write_text(path / "model_config.json", json.dumps(model_config, indent=2) + "\n")
+    publish_iteration(path, iteration, written)
     return path
