@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import statistics
@@ -32,12 +33,14 @@ TARGET_RATIO = 3.0
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def start_server(args, port: int) -> subprocess.Popen:
+    """`python -m inference.server` as a child process (its own interpreter: no GIL shared with the clients)."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "inference.server", "--from_pretrained", args.from_pretrained, "--port", str(port),
            "--max-batch", str(args.max_batch), "--device", args.device, "--threads", str(args.threads),
@@ -59,8 +62,9 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 300) -> str:
 
 
 def percentile(values, q: float) -> float:
+    """The nearest-rank q-th percentile."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def run_phase(client, model_id: str, questions, concurrency: int, max_tokens: int, url: str) -> dict:

@@ -75,6 +75,7 @@ def _merge(a: KVCache, b: KVCache, width: int) -> KVCache:
 
 
 def _pad_mask_left(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """[b, k] key mask -> [b, width], False in front."""
     return torch.cat((mask.new_zeros(mask.shape[0], width - mask.shape[1]), mask), dim=1)
 
 

@@ -24,6 +24,7 @@ log = logging.getLogger("inference.server")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The CLI: the model flags of the other inference commands plus the server's."""
     p = argparse.ArgumentParser(prog="python -m inference.server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def served_name(from_pretrained: str) -> str:
+    """The model id clients send by default: the checkpoint folder's name, or the preset's."""
     return os.path.basename(os.path.normpath(from_pretrained)) or from_pretrained
 
 
@@ -86,6 +88,7 @@ class BackgroundServer:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Load the model, start the model thread, serve until interrupted; 2 on bad options or checkpoint."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.max_batch < 1:

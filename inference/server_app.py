@@ -41,10 +41,12 @@ class ServingConfig:
 
 def error_response(status: int, message: str, kind: str, param: Optional[str] = None,
                    code: Optional[str] = None) -> JSONResponse:
+    """An OpenAI-style error body ({"error": {message, type, param, code}}) with HTTP `status`."""
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
 
 
 def _sse(payload) -> bytes:
+    """One server-sent event: `data: <json or [DONE]>` and a blank line."""
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
 
@@ -131,6 +133,7 @@ async def _complete(reply: _Reply, chat: ChatRequest, model_id: str) -> JSONResp
 
 
 def _usage(event: dict) -> dict:
+    """The OpenAI `usage` object from a job's "done" event."""
     return {"prompt_tokens": event["prompt_tokens"], "completion_tokens": event["completion_tokens"],
             "total_tokens": event["prompt_tokens"] + event["completion_tokens"]}
 

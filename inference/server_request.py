@@ -11,7 +11,7 @@ import binascii
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Tuple
 
 from PIL import Image
 
@@ -81,6 +81,7 @@ class ChatRequest:
 # ----------------------------------------------------------------------------- field checks
 
 def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+    """body[name] as a float in [low, high] (or (low, high]), `default` when absent."""
     value = body.get(name)
     if value is None:
         return default
@@ -93,6 +94,7 @@ def _number(body: dict, name: str, default: float, low: float, high: float, low_
 
 
 def _integer(value: Any, name: str, low: int, high: Optional[int] = None) -> int:
+    """`value` as an int in [low, high] (booleans refused), else a RequestError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(f"{name} must be an integer, got {value!r}", name, "invalid_value")
     if value < low or (high is not None and value > high):
@@ -102,6 +104,7 @@ def _integer(value: Any, name: str, low: int, high: Optional[int] = None) -> int
 
 
 def _check_parameter_names(body: dict) -> None:
+    """Refuse parameters the server does not implement, instead of silently ignoring them."""
     for name, value in body.items():
         if name in KNOWN_PARAMETERS or name in FREE_PARAMETERS or value is None:
             continue
@@ -113,6 +116,7 @@ def _check_parameter_names(body: dict) -> None:
 
 
 def _stops(value: Any) -> Tuple[str, ...]:
+    """`stop` (a string or up to 4) as a tuple."""
     if value is None:
         return ()
     stops = [value] if isinstance(value, str) else value
@@ -125,6 +129,7 @@ def _stops(value: Any) -> Tuple[str, ...]:
 
 
 def _stage_search(value: Any, max_n: int) -> Optional[StageSearchRequest]:
+    """The checked `stage_search` extension, or None when the request has none."""
     if value is None:
         return None
     if not isinstance(value, dict):

@@ -320,6 +320,7 @@ class ModelWorker:
 
 
 def _finite(x: float) -> Optional[float]:
+    """`x`, or None for an infinity (JSON has none)."""
     return x if math.isfinite(x) else None  # JSON has no infinities
 
 

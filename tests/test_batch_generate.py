@@ -33,7 +33,8 @@ def test_rows_joining_a_running_batch_equal_rows_decoded_alone(tiny_vlm, one_thr
     factories = {  # fresh requests (fresh generators) each time they are made
         "long": lambda: RowRequest(_prompt(tok, model, "Tell me a long story about " + "circles " * 6),
                                    SamplingOptions(), 14),
-        "image": lambda: RowRequest(_prompt(tok, model, "Colour?", image=True), sampled, 9, generator=make_generator(3)),
+        "image": lambda: RowRequest(_prompt(tok, model, "Colour?", image=True), sampled, 9,
+                                    generator=make_generator(3)),
         "short": lambda: RowRequest(_prompt(tok, model, "Hi"), SamplingOptions(temperature=0.7), 6,
                                     generator=make_generator(4)),
     }

@@ -67,7 +67,8 @@ def test_a_conversation_with_a_system_message_equals_chat_with_that_history(tiny
 
 def test_image_reply_from_a_data_url_and_from_the_image_root(tiny_server, client):
     url = "data:image/png;base64," + base64.b64encode(_RED).decode()
-    parts = lambda u: [{"type": "image_url", "image_url": {"url": u}}, {"type": "text", "text": "Colour?"}]  # noqa: E731
+    def parts(u):
+        return [{"type": "image_url", "image_url": {"url": u}}, {"type": "text", "text": "Colour?"}]
     from_data = ask(client, parts(url), max_tokens=8, temperature=0)
     expected = greedy(tiny_server, "Colour?", image=Image.open(io.BytesIO(_RED)))
     assert from_data.choices[0].message.content.strip() == expected
@@ -142,7 +143,8 @@ def test_staged_search_extension_equals_the_library_search(tiny_server, client):
     ({"model": "cogvlm-tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}, "temperature"),
     ({"model": "cogvlm-tiny", "messages": [{"role": "user", "content": "hi"}], "n": 0}, "n"),
     ({"model": "cogvlm-tiny", "messages": [{"role": "user", "content": "hi"}], "best_of": 3}, "best_of"),
-    ({"model": "cogvlm-tiny", "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1}, "presence_penalty"),
+    ({"model": "cogvlm-tiny", "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1},
+     "presence_penalty"),
     ({"model": "other", "messages": [{"role": "user", "content": "hi"}]}, "model"),
     ({"model": "cogvlm-tiny", "messages": [{"role": "user", "content": "word " * 1200}]}, "messages"),
     ({"model": "cogvlm-tiny", "messages": [{"role": "user", "content": "hi"}],
