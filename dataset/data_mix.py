@@ -61,6 +61,7 @@ class MapStream(_stream_base()):
             raise ValueError("MapStream over an empty data set")
         self.dataset, self.seed, self.start = dataset, seed, start
         self.rank, self.world_size = rank, world_size
+        self.consumer: Optional[Tuple[int, int]] = None  # (index, count) set by a DataMix, else from the process
 
     def indices(self, consumer: int, consumers: int) -> Iterator[int]:
         """The data set indices this consumer reads, in order, from its `start`-th on."""
@@ -75,7 +76,7 @@ class MapStream(_stream_base()):
             epoch, offset = epoch + 1, 0
 
     def __iter__(self):
-        consumer, consumers = consumer_info(self.rank, self.world_size)
+        consumer, consumers = self.consumer or consumer_info(self.rank, self.world_size)
         for i in self.indices(consumer, consumers):
             yield self.dataset[i]
 
@@ -83,11 +84,15 @@ class MapStream(_stream_base()):
 class DataMix(_stream_base()):
     """Samples drawn from `streams` with probabilities `weights`; each sample dict gets `source` (its
     source's index). The draw sequence is seeded by (seed, consumer). `start` = samples of this consumer
-    already consumed: the draws are replayed (cheap) and each source resumes after its own count."""
+    already consumed: the draws are replayed (cheap) and each source resumes after its own count.
+    `skip_batches` = loader batches (of `batch_size`) already trained on by this rank: a DataLoader takes
+    batch j from worker j mod W, so each worker adds its own share of them to `start` (a resumed run)."""
 
     def __init__(self, streams: Sequence, weights: Sequence[float], names: Sequence[str], seed: int = 0,
-                 start: int = 0, rank: Optional[int] = None, world_size: Optional[int] = None):
+                 start: int = 0, rank: Optional[int] = None, world_size: Optional[int] = None,
+                 skip_batches: int = 0, batch_size: int = 1):
         super().__init__()
+        self.skip_batches, self.batch_size = skip_batches, batch_size
         if not (len(streams) == len(weights) == len(names)) or not streams:
             raise ValueError("DataMix needs one weight and one name per stream")
         self.streams, self.names, self.seed, self.start = list(streams), list(names), seed, start
@@ -106,6 +111,19 @@ class DataMix(_stream_base()):
             u = rng.random()
             yield next((k for k, c in enumerate(cumulative) if u < c), len(cumulative) - 1)
 
+    def position(self) -> Tuple[int, int, int]:
+        """(consumer index, consumers) and the loader batches this consumer already produced.
+
+        A DataLoader takes batch j from worker j mod W, also after a restart, so after `skip_batches`
+        batches worker w must continue the sequence of worker (w + skip_batches) mod W."""
+        import torch
+        worker = torch.utils.data.get_worker_info()
+        w, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        consumer, consumers = consumer_info(self.rank, self.world_size)
+        rank = consumer // workers
+        acting = (w + self.skip_batches) % workers
+        return rank * workers + acting, consumers, len(range(acting, self.skip_batches, workers))
+
     def resume_counts(self, consumer: int, start: int) -> List[int]:
         """How many of the first `start` samples each source supplied."""
         counts = [0] * len(self.streams)
@@ -115,11 +133,15 @@ class DataMix(_stream_base()):
         return counts
 
     def __iter__(self):
-        consumer, consumers = consumer_info(self.rank, self.world_size)
-        counts = self.resume_counts(consumer, self.start)
+        consumer, consumers, done_batches = self.position()
+        start = self.start + done_batches * self.batch_size
+        for stream in self.streams:
+            if hasattr(stream, "consumer"):  # this process's copy: read as the consumer the position says
+                stream.consumer = (consumer, consumers)
+        counts = self.resume_counts(consumer, start)
         iterators = [_started(s, c) for s, c in zip(self.streams, counts)]
         draws = self.draws(consumer)
-        for _ in range(self.start):
+        for _ in range(start):
             next(draws)
         for k in draws:
             sample = next(iterators[k])

@@ -236,9 +236,10 @@ class ShardStream(_stream_base()):
         self.rank, self.world_size, self.max_pixels = rank, world_size, max_pixels
         self.problems: List[Problem] = []
         self.start = start  # samples of this consumer to pass over undecoded (a resumed mix)
+        self.consumer: Optional[Tuple[int, int]] = None  # (index, count) set by a DataMix, else from the process
 
     def __iter__(self) -> Iterator:
-        consumer, consumers = consumer_info(self.rank, self.world_size)
+        consumer, consumers = self.consumer or consumer_info(self.rank, self.world_size)
         epoch, skip = 0, self.start
         while self.epochs is None or epoch < self.epochs:
             for sample in self._epoch(epoch, consumer, consumers):

@@ -20,13 +20,15 @@ class DatasetFactory:
 
     def __init__(self, tokenizer, image_size, image_length: int, max_length: int, template: str,
                  image_root=None, strict: bool = False, truncation: str = "cut", log=print, stage: str = "sft",
-                 stage_weights=None, streaming: bool = False, seed: int = 0, shuffle_buffer: int = 1000):
+                 stage_weights=None, streaming: bool = False, seed: int = 0, shuffle_buffer: int = 1000,
+                 resume_batches: int = 0):
         from dataset import ImageProcessor, TextProcessor
         self.image_processor = ImageProcessor(image_size)
         self.text_processor = TextProcessor(tokenizer, max_length=max_length, image_length=image_length,
                                             template=template, truncation=truncation, stage_weights=stage_weights)
         self.image_root, self.strict, self.log, self.stage = image_root, strict, log, stage
         self.streaming, self.seed, self.shuffle_buffer = streaming, seed, shuffle_buffer
+        self.resume_batches = resume_batches  # a resumed stream starts after the batches already trained on
         self.train_sources = None  # names of the training stream's sources (per-source token report)
         self.train_datasets = []  # what SAT asked for as training data (the attention monitor's probe)
 
@@ -61,7 +63,8 @@ class DatasetFactory:
                 sizes.append(len(ds))
         self.train_sources = [s.spec for s in sources]
         self.log(mix_summary(sources, sizes))
-        return DataMix(streams, [s.weight for s in sources], self.train_sources, seed=self.seed)
+        return DataMix(streams, [s.weight for s in sources], self.train_sources, seed=self.seed,
+                       skip_batches=self.resume_batches, batch_size=args.batch_size)
 
     def records(self, path: str, args=None):
         from dataset import ItemDataset

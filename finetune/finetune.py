@@ -200,8 +200,17 @@ class Run:
             log(f"[resume] {consumed} samples consumed is not a multiple of this run's {per_micro} per micro-step: "
                 f"the data order continues approximately")
         skip = consumed // per_micro
+        if arguments.streams(self.opts):  # the stream was built to start after them (DataMix skip_batches)
+            log(f"[resume] iteration {iteration}: optimizer, RNG restored; the data stream starts after the {skip} "
+                f"micro-batches already trained on (draws replayed, nothing re-read)")
+            return 0
         log(f"[resume] iteration {iteration}: optimizer, RNG restored; skipping {skip} micro-batches already trained on")
         return skip
+
+    def resume_batches(self) -> int:
+        """Micro-batches of this rank already trained on by the checkpointed run (0 without --resume)."""
+        consumed = int(self.trainer_state.get("consumed_samples", 0)) if self.opts.resume else 0
+        return consumed // (self.opts.batch_size * self.world)
 
     def state_for(self, iteration: int) -> dict:
         o = self.opts
@@ -252,7 +261,8 @@ class Run:
         factory = DatasetFactory(self.tokenizer, self.image_size, margs.image_length, self.max_length, self.template,
                                  image_root=o.image_root, strict=o.strict_data, truncation=o.truncation, log=log,
                                  stage=o.stage, stage_weights=parse_stage_weights(o.stage_loss_weights),
-                                 streaming=arguments.streams(o), seed=o.seed, shuffle_buffer=o.shuffle_buffer)
+                                 streaming=arguments.streams(o), seed=o.seed, shuffle_buffer=o.shuffle_buffer,
+                                 resume_batches=self.resume_batches())
         if o.stage_loss_weights:
             log(f"[data] per-stage loss weights: {format_stage_weights(parse_stage_weights(o.stage_loss_weights))}")
         self.factory = factory

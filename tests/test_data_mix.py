@@ -97,3 +97,17 @@ def test_resume_with_a_shard_source(write_records, tmp_path):
     straight = take(make(), 60)
     assert any(n.startswith("t") for n in straight) and any(n.startswith("s0-") for n in straight)
     assert take(make(start=23), 37) == straight[23:]
+
+
+def test_a_resumed_loader_continues_with_two_workers():
+    """DataLoader with 2 workers: skipping m batches by construction gives the batches m, m+1, ... of a
+    fresh loader (batch j comes from worker j mod 2)."""
+    def loader(skip=0):
+        streams = [MapStream(ds, seed=3, rank=0, world_size=1) for ds in toy_sources()]
+        data = DataMix(streams, (0.5, 0.3, 0.2), ["a", "b", "c"], seed=3, rank=0, world_size=1,
+                       skip_batches=skip, batch_size=4)
+        return iter(torch.utils.data.DataLoader(data, batch_size=4, num_workers=2,
+                                                collate_fn=lambda b: [s["name"] for s in b]))
+    fresh = [next(it) for it in [loader()] for _ in range(12)]
+    resumed = loader(skip=7)
+    assert [next(resumed) for _ in range(5)] == fresh[7:]
