@@ -10,6 +10,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from models.attention import segment_causal_mask
+
 from .text_processor import IGNORE_INDEX
 
 # Per-token keys and their padding value (input_ids pads with the collator's pad_token_id).
@@ -25,10 +27,7 @@ def attention_mask_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
     Padding rows see earlier padding (never an empty row, which would give NaNs in softmax);
     real tokens never see padding or another packed sample.
     """
-    pos = torch.arange(segment_ids.shape[1], device=segment_ids.device)
-    causal = pos[:, None] >= pos[None, :]  # [n, n], True on and below the diagonal
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, n, n]
-    return (same & causal).unsqueeze(1)  # [B, n, n] -> [B, 1, n, n]
+    return segment_causal_mask(segment_ids)
 
 
 class DataCollator:
@@ -47,6 +46,8 @@ class DataCollator:
     def __call__(self, examples: Sequence[dict]) -> Dict[str, object]:
         if not examples:
             raise ValueError("collator got an empty batch")
+        if any(isinstance(ex, (list, tuple)) for ex in examples):
+            return self._packed(examples)
         tokens = [self._token_tensors(i, ex) for i, ex in enumerate(examples)]
         lengths = [len(t["input_ids"]) for t in tokens]
         n = max(lengths)
@@ -74,6 +75,34 @@ class DataCollator:
             if key not in batch and key not in TOKEN_KEYS and key not in ("vision", "loss_weights"):
                 batch[key] = [ex.get(key) for ex in examples]  # ids and other per-sample extras
         return batch
+
+    def _packed(self, rows: Sequence[Sequence[dict]]) -> Dict[str, object]:
+        """Rows of packed samples (dataset.packing): each row is its samples one after the other, with
+        segment ids 1..k, each sample's own position ids (restarting at 0), masks, labels and images.
+        `attention_segments` [B, n] tells the model to attend within a segment only."""
+        samples, merged = [], []
+        for r, row in enumerate(rows):
+            if not isinstance(row, (list, tuple)) or not row:
+                raise ValueError(f"collator: packed row {r} is {row!r}, not a list of samples")
+            merged.append(self._merge_row([self._token_tensors(len(samples) + i, ex) for i, ex in enumerate(row)]))
+            samples += list(row)
+        batch = self(merged_as_samples(merged, rows))
+        batch["attention_segments"] = batch["segment_ids"]
+        batch["samples_per_row"] = torch.tensor([len(row) for row in rows], dtype=torch.long)
+        for key in _INT_KEYS:  # per sample, not per row
+            if all(key in ex for ex in samples):
+                batch[key] = torch.tensor([int(ex[key]) for ex in samples], dtype=torch.long)
+        batch["question_id"] = [ex.get("question_id") for ex in samples]
+        return batch
+
+    @staticmethod
+    def _merge_row(parts: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """One row from its samples' token tensors: concatenated, segment k = the k-th sample."""
+        row = {key: torch.cat([p[key] for p in parts]) for key in TOKEN_KEYS if key != "segment_ids"}
+        row["segment_ids"] = torch.cat([torch.full_like(p["input_ids"], k + 1) for k, p in enumerate(parts)])
+        starts = torch.tensor([0] + [len(p["input_ids"]) for p in parts[:-1]]).cumsum(0)
+        row["labels"][starts] = IGNORE_INDEX  # a sample's first token is never the target of the one before
+        return row
 
     @staticmethod
     def _token_tensors(index: int, example) -> Dict[str, torch.Tensor]:
@@ -116,6 +145,22 @@ class DataCollator:
                 if isinstance(value, torch.Tensor):
                     parts.setdefault(key, []).append(value)
         return {f"vision_{key}": torch.cat(values) for key, values in parts.items()}
+
+
+def merged_as_samples(merged: List[Dict[str, torch.Tensor]], rows: Sequence[Sequence[dict]]) -> List[dict]:
+    """Packed rows in the form of single samples: the images of a row's samples in order, and their
+    per-stage loss weights concatenated when every sample has them."""
+    out = []
+    for row_tokens, row in zip(merged, rows):
+        images = [ex.get("vision") or {} for ex in row]
+        vision: Dict[str, torch.Tensor] = {}
+        for key in sorted({key for v in images for key in v if isinstance(v[key], torch.Tensor)}):
+            vision[key] = torch.cat([v[key] for v in images if key in v])
+        one = dict(row_tokens, vision=vision)
+        if all("loss_weights" in ex for ex in row):
+            one["loss_weights"] = torch.cat([torch.as_tensor(ex["loss_weights"], dtype=torch.float) for ex in row])
+        out.append(one)
+    return out
 
 
 data_collator = DataCollator()  # pad id 0 (LLaMA's unk), as the tiny and official tokenizers allow

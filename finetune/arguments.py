@@ -101,6 +101,9 @@ def build_parser(launcher: bool = True) -> argparse.ArgumentParser:
     p.add(g, "--truncation", default="cut", choices=["cut", "drop"],
           help="a sample longer than --max-length: cut at the end (no EOS trained at the cut) or dropped; "
                "both are counted at the start of training")
+    p.add(g, "--packing", flag_only=True,
+          help="pack whole samples into rows of --max-length tokens (first-fit-decreasing, seeded); each sample "
+               "attends only to itself; --batch-size then counts rows")
     p.add(g, "--strict-data", flag_only=True, help="a bad record is an error (default: skipped and reported)")
     p.add(g, "--num-workers", type=int, metavar="N", help="data loader workers per process (default: 0 on CPU, 2 on GPU)")
 

@@ -10,7 +10,7 @@ IGNORE_INDEX = -100  # the label of untrained positions (dataset.text_processor'
 
 # What CogVLMModel.forward takes from a collated batch; the rest (labels, lengths, ids) is bookkeeping.
 MODEL_KEYS = ("input_ids", "position_ids", "attention_mask", "image_embed_mask", "vision_expert_mask",
-              "vision_image", "vision_input_ids", "vision_attention_mask")
+              "vision_image", "vision_input_ids", "vision_attention_mask", "attention_segments")
 FLOAT_KEYS = ("vision_image",)  # cast to the run's dtype (bf16/fp16) before the forward
 
 
@@ -97,6 +97,13 @@ def labelled_positions(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor
     flat = shifted.reshape(-1)
     positions = (flat != IGNORE_INDEX).nonzero().squeeze(1)  # [K]
     return positions, flat.index_select(0, positions)
+
+
+def labelled_count(batch: Dict[str, object]) -> float:
+    """The loss normaliser of a batch: its labelled next-token targets, or their loss weights' sum."""
+    positions, _ = labelled_positions(batch["labels"])
+    weights = batch.get("loss_weights")
+    return float(len(positions)) if weights is None else float(next_token_values(weights, positions).sum())
 
 
 def split_labelled(batch: Dict[str, object], device, dtype=None):

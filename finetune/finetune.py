@@ -266,6 +266,9 @@ class Run:
         if o.stage_loss_weights:
             log(f"[data] per-stage loss weights: {format_stage_weights(parse_stage_weights(o.stage_loss_weights))}")
         self.factory = factory
+        if o.packing:  # rows of --max-length tokens, whole samples, planned with the run's seed
+            from dataset.packing import packed_factory
+            factory = packed_factory(factory, self.max_length, seed=o.seed, log=log)
         forward = step
         if o.stage == "pretrain":
             forward = self.counting = CountingStep(step)

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .data import split_labelled
+from .data import labelled_count, split_labelled
 
 IGNORE_INDEX = -100
 
@@ -212,8 +212,9 @@ class BetweenSteps:
 
 
 class TrainStep:
-    """SAT's forward_step for training: loss normalised by the labelled tokens of the whole
-    data-parallel micro-batch (so N processes x B samples equal 1 process x N*B samples)."""
+    """SAT's forward_step for training: loss normalised by the labelled tokens of the whole optimizer
+    step, over every rank and accumulated micro-batch (so N processes x B samples, K micro-batches x B
+    samples and 1 process x N*K*B samples give the same gradient)."""
 
     def __init__(self, history: History, between: BetweenSteps, dtype=None, is_rank0: bool = True,
                  schedule: Optional[Schedule] = None, progress: Optional[Progress] = None):
@@ -223,26 +224,39 @@ class TrainStep:
         self.current: Optional[int] = None  # iteration whose micro-batches are running
         self.valid = ValidationAccumulator()
         self.micro = [0.0, 0.0, 0.0, 0.0]  # this iteration's micro-batches: mean losses, count, tokens, samples
+        self.pending: List[dict] = []  # this iteration's micro-batches not yet run
+        self.accumulation, self.step_count = 1, 1.0  # micro-batches per step; labelled tokens of the step
+
+    def _fetch_iteration(self, data_iterator, engine) -> None:
+        """Read all micro-batches of the optimizer step and count their labelled tokens over all ranks, so
+        that every micro-batch's loss is normalised by the whole accumulated batch."""
+        self.accumulation = int(engine.gradient_accumulation_steps()) if hasattr(engine, "gradient_accumulation_steps") else 1
+        self.pending = [next(data_iterator) for _ in range(self.accumulation)]
+        local = sum(labelled_count(b) for b in self.pending)
+        device = next(engine.parameters()).device
+        self.step_count = max(global_sums([local], device).tolist()[0], 1e-12)
 
     def __call__(self, data_iterator, model, args, timers):
         iteration = args.iteration  # SAT increments it after the step: this step is iteration + 1
         if iteration != self.current:
             self._between_steps(model, args, iteration, data_iterator)
             self.current = iteration
-        timers("batch generator").start()
-        batch = next(data_iterator)
-        timers("batch generator").stop()
+            timers("batch generator").start()
+            self._fetch_iteration(data_iterator, model)
+            timers("batch generator").stop()
+        batch = self.pending.pop(0)
         inputs, targets, weights = split_labelled(batch, next(model.parameters()).device, self.dtype)
         logits = model(**inputs)[0]  # [K, V]: the labelled positions only
         loss_sum, count = selected_token_loss(logits, targets, weights)  # weights: per-stage, when the run has them
         world = torch.distributed.get_world_size(group=data_parallel_group()) if torch.distributed.is_initialized() else 1
-        totals = global_sums([loss_sum.item(), count.item(), float(batch["lengths"].sum()), float(batch["labels"].shape[0])],
-                             logits.device).tolist()
-        global_count = max(totals[1], 1.0)
-        # DeepSpeed averages gradients over the data-parallel ranks: scale so that the average is the
-        # gradient of (sum over all ranks' labelled tokens) / (all ranks' labelled-token count).
-        loss = loss_sum * (world / global_count)
-        self.micro = [a + b for a, b in zip(self.micro, [totals[0] / global_count, 1.0, totals[2], totals[3]])]
+        samples = batch["samples_per_row"].sum() if "samples_per_row" in batch else batch["labels"].shape[0]
+        totals = global_sums([loss_sum.item(), float(batch["lengths"].sum()), float(samples)], logits.device).tolist()
+        # DeepSpeed averages gradients over the data-parallel ranks and divides each micro-batch's loss by
+        # the accumulation steps: scale so that the optimizer sees the gradient of (sum over every labelled
+        # token of all ranks and micro-batches of this step) / (their count).
+        loss = loss_sum * (world * self.accumulation / self.step_count)
+        totals = [totals[0] / self.step_count * self.accumulation, 1.0, totals[1], totals[2]]
+        self.micro = [a + b for a, b in zip(self.micro, totals)]
         if model.is_gradient_accumulation_boundary():
             mean_loss, micro_batches, tokens, samples = self.micro
             self.micro = [0.0, 0.0, 0.0, 0.0]

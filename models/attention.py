@@ -40,3 +40,63 @@ def sdpa(q, k, v, mask: Optional[torch.Tensor] = None, causal: bool = False, dro
 
 def attention_scores_scale(head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim)
+
+
+def segment_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[B, n] segment ids (0 = padding) -> [B, 1, n, n] bool: causal, within one segment only.
+    Padding sees earlier padding (no empty row, which would make softmax NaN)."""
+    pos = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+    causal = pos[:, None] >= pos[None, :]  # [n, n]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, n, n]
+    return (same & causal).unsqueeze(1)  # [B, 1, n, n]
+
+
+def _flash_varlen():
+    """flash-attn's variable-length kernel when installed (CUDA only), else None."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+class PackedAttention:
+    """Block-diagonal causal attention for rows of packed samples, planned once per forward.
+
+    On CUDA with flash-attn installed and half-precision inputs: its varlen kernel over the real tokens
+    (no n x n mask at all). Otherwise SDPA with one [B,1,n,n] block mask shared by every layer.
+    """
+
+    def __init__(self, segment_ids: torch.Tensor):
+        self.segment_ids = segment_ids  # [B, n]
+        self._mask = None
+        self._plan = None
+
+    def _varlen_plan(self):
+        b, n = self.segment_ids.shape
+        flat = self.segment_ids.reshape(-1)  # [B * n]
+        keep = (flat > 0).nonzero().squeeze(1)  # real tokens, in order
+        row = torch.div(keep, n, rounding_mode="floor")
+        key = row * (int(flat.max()) + 1) + flat.index_select(0, keep)  # one key per (row, segment)
+        _, counts = torch.unique_consecutive(key, return_counts=True)
+        cu = torch.nn.functional.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
+        return keep, cu, int(counts.max())
+
+    def attend(self, q, k, v, dropout_p: float = 0.0):
+        """q/k/v [b, h, n, d] -> [b, h, n, d]; padding positions get zeros (flash) or attend padding (SDPA)."""
+        varlen = _flash_varlen() if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) else None
+        if varlen is None:
+            if self._mask is None:
+                self._mask = segment_causal_mask(self.segment_ids.to(q.device))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask, dropout_p=dropout_p)
+        if self._plan is None:
+            self._plan = self._varlen_plan()
+        keep, cu, max_len = self._plan
+        b, h, n, d = q.shape
+
+        def tokens(t):  # [b, h, n, d] -> [real tokens, h, d]
+            return t.permute(0, 2, 1, 3).reshape(b * n, h, d).index_select(0, keep)
+
+        out = varlen(tokens(q), tokens(k), tokens(v), cu, cu, max_len, max_len, dropout_p=dropout_p, causal=True)
+        full = q.new_zeros(b * n, h, d).index_copy(0, keep, out)
+        return full.reshape(b, n, h, d).permute(0, 2, 1, 3)  # [b, h, n, d]

@@ -11,7 +11,7 @@ from torch import nn
 from sat.model.base_model import BaseMixin, BaseModel
 from sat.ops.layernorm import RMSNorm
 
-from .attention import is_causal_mask
+from .attention import PackedAttention, is_causal_mask
 from .checkpoint import CheckpointError, check_keys, load_state_dict, save_checkpoint, state_file
 from .config import OFFICIAL_ARCHIVES, PRESETS, load_model_config
 from .eva import ImageMixin
@@ -48,7 +48,8 @@ class CogVLMModel(BaseModel):
             vision_image=, ..., kv_cache=None) -> [logits, *per-layer outputs], like every SAT model.
     attention_mask: [b|1, 1, q, k] with 1 = may attend, or None for causal (right-padded rows need no
     mask: the padding comes after every real token). logit_positions: flat indices into b * s whose
-    logits are wanted (then logits are [K, V]).
+    logits are wanted (then logits are [K, V]). attention_segments [b, s]: rows of packed samples
+    (segment ids, 0 = padding), each sample attending only to itself.
     """
 
     def __init__(self, args, transformer=None, params_dtype=torch.float, **kwargs):
@@ -113,6 +114,10 @@ class CogVLMModel(BaseModel):
             image_embed_mask = vision_expert_mask = None
         if kwargs.get("kv_cache") is None:
             kwargs.pop("kv_cache", None)
+        segments = kwargs.pop("attention_segments", None)
+        if segments is not None:  # rows of packed samples: block-diagonal causal, planned once
+            kwargs["packed_attention"] = PackedAttention(segments)
+            attention_mask = None
         causal = attention_mask is None or is_causal_mask(attention_mask)
         if vision_expert_mask is not None:  # routed once here, not in every layer
             kwargs["expert_routing"] = ExpertRouting(vision_expert_mask)

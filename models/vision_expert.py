@@ -103,6 +103,9 @@ class VisionExpertAttentionMixin(BaseMixin):
         dropout_p = dropout_fn.p if dropout_fn is not None else 0.0
         if kv_cache is not None:
             return kv_cache.attend(int(kw_args["layer_id"]), q, k, v, None if attention_is_causal else mask)
+        packed = kw_args.get("packed_attention")
+        if packed is not None:
+            return packed.attend(q, k, v, dropout_p=dropout_p)
         if attention_is_causal:
             return sdpa(q, k, v, causal=True, dropout_p=dropout_p)
         return sdpa(q, k, v, mask, dropout_p=dropout_p)

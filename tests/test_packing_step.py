@@ -146,3 +146,62 @@ def test_lean_step_keeps_stage_loss_weights(tiny_tokenizer, tiny_config, tiny_mo
     torch.testing.assert_close(new_w, ref_w)
     torch.testing.assert_close(new_sum, ref_sum, rtol=1e-5, atol=1e-5)
     assert_same_grads(ref, new)
+
+
+class _Timer:
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+
+class AccumulatingEngine:
+    """What TrainStep sees of a DeepSpeed engine, and what DeepSpeed does with the loss it returns:
+    each micro-batch's loss is divided by the accumulation steps before backward (scale_wrt_gas)."""
+
+    def __init__(self, model, steps):
+        self.module, self.steps, self.micro = model, steps, 0
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def __call__(self, **kw):
+        return self.module(**kw)
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def gradient_accumulation_steps(self):
+        return self.steps
+
+    def is_gradient_accumulation_boundary(self):
+        return self.micro % self.steps == self.steps - 1
+
+    def backward(self, loss):
+        (loss / self.steps).backward()
+        self.micro += 1
+
+
+def _accumulated_grads(model, batches, steps):
+    """Gradients of one optimizer step of TrainStep over `batches` (micro-batches) and its logged loss."""
+    from types import SimpleNamespace
+    from finetune.step import BetweenSteps, History, Schedule, TrainStep
+    step = TrainStep(History(), BetweenSteps(), schedule=Schedule(lr=0.0, total_iters=1))
+    engine, data = AccumulatingEngine(model, steps), iter(batches)
+    model.zero_grad(set_to_none=True)
+    for _ in range(steps):
+        loss, _ = step(data, engine, SimpleNamespace(iteration=0), lambda name: _Timer())
+        engine.backward(loss)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return grads, step.history.train[-1]["loss"]
+
+
+def test_accumulation_two_by_two_equals_batch_four(tiny_tokenizer, tiny_config, tiny_model, one_thread):
+    """The loss is normalised over the labelled tokens of the whole accumulated batch: 2 micro-batches of
+    2 samples (of different label counts) give batch 4's gradient and logged loss."""
+    model = tiny_model.eval()
+    samples = make_samples(tiny_tokenizer, tiny_config, ["red", "two circles and three squares on the left", "7",
+                                                         "a small blue triangle near the top"])
+    four, four_loss = _accumulated_grads(model, [DataCollator()(samples)], steps=1)
+    two, two_loss = _accumulated_grads(model, [DataCollator()(samples[:2]), DataCollator()(samples[2:])], steps=2)
+    assert abs(four_loss - two_loss) < 1e-5 * four_loss
+    assert_same_grads(four, two)
