@@ -38,6 +38,8 @@ setup(
         # only for the opt-in tests against the Hugging Face CogVLM code (tests/test_hf_equivalence.py):
         # that remote code runs on transformers 4.x, not 5.x
         "hf": ["transformers>=4.36,<5", "peft>=0.10"],
+        # CUDA only: the variable-length attention kernel for --packing (SDPA over a block mask without it)
+        "flash": ["flash-attn>=2.3"],
     },
     entry_points={
         "console_scripts": [
