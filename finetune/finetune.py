@@ -402,6 +402,9 @@ def main(argv=None) -> int:
         print(f"finetune: cannot start:\n{e}", file=sys.stderr, flush=True)
         return 2
     run.set_trainable()
+    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:  # every rank must run every module
+        from models.cogvlm import run_every_module
+        run_every_module(run.model)
     from dataset import DatasetError
     try:
         trained = run.train()  # (engine, iteration)

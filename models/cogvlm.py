@@ -154,6 +154,17 @@ class CogVLMModel(BaseModel):
         return self.mixins["eva"].encode_images(image=vision_image, **vision_kwargs)
 
 
+def run_every_module(model: "CogVLMModel", enabled: bool = True) -> None:
+    """Make every training forward run the ViT and the expert layers, whatever the batch holds.
+
+    Under ZeRO-3 each rank gathers a module's parameters when it runs; a rank whose batch has no image
+    would skip the ViT and the others would wait for it forever. The expert layers always run (on zero
+    rows for text-only tokens); with this the ViT does too, on a blank image whose output is multiplied
+    by zero. Used by fine-tuning and pretraining under ZeRO-3.
+    """
+    model.mixins["eva"].always_encode = enabled
+
+
 def build_model_args(model_config: dict, args=None, overrides: Optional[dict] = None):
     """SAT Namespace for `model_config`; architecture keys come from the config, run-time keys
     (dtype, device, mode, ...) from `args` when given."""

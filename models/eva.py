@@ -122,6 +122,17 @@ class ImageMixin(BaseMixin):
         self.image_length = args.image_length
         self.boi = nn.Parameter(torch.zeros(1, 1, args.hidden_size))
         self.eoi = nn.Parameter(torch.zeros(1, 1, args.hidden_size))
+        self.always_encode = False  # ZeRO-3: run the ViT even on a batch without images (see run_every_module)
+        self.image_size = list(vit_args.image_size)
+
+    def dummy_contribution(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """embeddings + 0 * (ViT, projector, boi, eoi on one blank image): the same values, but every
+        rank's forward and backward touch the vision parameters, which ZeRO-3's collectives require."""
+        param = self.boi
+        blank = torch.zeros(1, 3, *self.image_size, dtype=param.dtype, device=param.device)
+        encoded = self.encode_images(image=blank)  # [1, L, hidden]
+        zero = (encoded.sum() + self.boi.sum() + self.eoi.sum()) * 0.0
+        return embeddings + zero.to(embeddings.dtype)
 
     def encode_images(self, **vision_kwargs) -> torch.Tensor:
         """vision_image [n_img, 3, H, W] (+ input_ids/attention_mask) -> projected tokens [n_img, L, hidden]."""
@@ -139,6 +150,8 @@ class ImageMixin(BaseMixin):
         if image_embeds is None:
             inputs = vision_inputs(kw_args)
             if input_ids.shape[1] == 1 or not inputs or inputs.get("image") is None:
+                if self.always_encode and torch.is_grad_enabled():
+                    return self.dummy_contribution(embeddings)
                 return embeddings
             image_embeds = self.encode_images(**inputs)
         if image_embed_mask is None:

@@ -205,3 +205,24 @@ def test_accumulation_two_by_two_equals_batch_four(tiny_tokenizer, tiny_config, 
     two, two_loss = _accumulated_grads(model, [DataCollator()(samples[:2]), DataCollator()(samples[2:])], steps=2)
     assert abs(four_loss - two_loss) < 1e-5 * four_loss
     assert_same_grads(four, two)
+
+
+def test_text_only_batch_still_runs_the_vit_and_experts_when_asked(tiny_tokenizer, tiny_config, tiny_model):
+    """ZeRO-3's need: with run_every_module a text-only batch gives the same loss but gradients (zeros)
+    reach the ViT, projector and expert weights, so every rank runs the same modules."""
+    from models.cogvlm import run_every_module
+    model = tiny_model.eval()
+    batch = DataCollator()(make_samples(tiny_tokenizer, tiny_config, ["seven", "no"], images_per_sample=[0, 0]))
+    plain_sum, _ = lean_step(model, batch)
+    plain = grads_of(model, plain_sum)
+    run_every_module(model)
+    every_sum, _ = lean_step(model, batch)
+    every = grads_of(model, every_sum)
+    run_every_module(model, False)
+    torch.testing.assert_close(every_sum, plain_sum)
+    vit = [n for n in every if n.startswith("mixins.eva.vit_model.")]
+    experts = [n for n in every if ".vision_" in n]
+    assert vit and experts and not any(n.startswith("mixins.eva.vit_model.") for n in plain)
+    assert all(every[n].abs().max() == 0 for n in vit + experts)
+    for n in plain:
+        torch.testing.assert_close(every[n], plain[n])
