@@ -88,7 +88,9 @@ def held_out_accuracy(model, tokenizer, opts, template: str, image_size, out_pat
         return None
     try:
         from inference.evaluate import evaluate  # imported here only: finetune does not depend on inference
-    except ImportError as e:
+    except ModuleNotFoundError as e:
+        if e.name not in ("inference", "inference.evaluate"):
+            raise  # inference is there but something it imports is broken or missing: say so
         log(f"[eval] generation accuracy unavailable ({e}); reporting validation loss only")
         return None
     # evaluate() runs in eval mode without gradients and restores the model's mode after.
@@ -96,6 +98,13 @@ def held_out_accuracy(model, tokenizer, opts, template: str, image_size, out_pat
                     batch_size=opts.accuracy_batch_size, limit=opts.accuracy_limit,
                     max_new_tokens=opts.accuracy_max_new_tokens, image_size=image_size,
                     out_path=out_path, progress=False)
+
+
+def accuracy_overrides(margs) -> dict:
+    """Model settings for measuring accuracy after training: the dtype (and device) the run trained and
+    measured the accuracy before training in, so the two numbers compare like with like."""
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    return {"device": device, "bf16": bool(getattr(margs, "bf16", False)), "fp16": bool(getattr(margs, "fp16", False))}
 
 
 class Run:
@@ -304,8 +313,7 @@ class Run:
         barrier()
         summary = {}
         if self.rank == 0:
-            on_gpu = {"device": torch.cuda.current_device(), "bf16": True} if torch.cuda.is_available() else None
-            final, _ = CogVLMModel.from_pretrained(str(final_dir), overrides=on_gpu)
+            final, _ = CogVLMModel.from_pretrained(str(final_dir), overrides=accuracy_overrides(self.margs))
             self.accuracy_after = held_out_accuracy(final, self.tokenizer, o, self.template, self.image_size,
                                                     out_path=str(self.ckpt_dir / "eval_after.jsonl"))
             if self.accuracy_after:
