@@ -64,13 +64,45 @@ class PackedAttention:
     """Block-diagonal causal attention for rows of packed samples, planned once per forward.
 
     On CUDA with flash-attn installed and half-precision inputs: its varlen kernel over the real tokens
-    (no n x n mask at all). Otherwise SDPA with one [B,1,n,n] block mask shared by every layer.
+    (no n x n mask at all). Otherwise causal SDPA per sample block (the blocks are read once per forward),
+    so a row of k samples costs what the k samples cost alone, not a full row's n x n.
     """
 
     def __init__(self, segment_ids: torch.Tensor):
         self.segment_ids = segment_ids  # [B, n]
-        self._mask = None
+        self._blocks = None
         self._plan = None
+
+    def _block_plan(self):
+        """Per row: [(start, end)] of each sample, and where the padding starts."""
+        plan = []
+        for row in self.segment_ids.tolist():
+            blocks, start = [], 0
+            for i in range(1, len(row) + 1):
+                if i == len(row) or row[i] != row[start]:
+                    if row[start] > 0:
+                        blocks.append((start, i))
+                    start = i
+            plan.append(blocks)
+        return plan
+
+    def _per_block(self, q, k, v, dropout_p):
+        if self._blocks is None:
+            self._blocks = self._block_plan()
+        n = q.shape[2]
+        rows = []
+        for r, blocks in enumerate(self._blocks):
+            pieces, end = [], 0
+            for s, e in blocks:
+                if s > end:  # padding between blocks (never produced by the collator; kept for safety)
+                    pieces.append(q.new_zeros(1, q.shape[1], s - end, v.shape[-1]))
+                pieces.append(F.scaled_dot_product_attention(q[r:r + 1, :, s:e], k[r:r + 1, :, s:e], v[r:r + 1, :, s:e],
+                                                             is_causal=True, dropout_p=dropout_p))
+                end = e
+            if end < n:  # the padded tail: zeros (no label, reaches nothing)
+                pieces.append(q.new_zeros(1, q.shape[1], n - end, v.shape[-1]))
+            rows.append(torch.cat(pieces, dim=2))  # [1, h, n, d]
+        return torch.cat(rows, dim=0)  # [b, h, n, d]
 
     def _varlen_plan(self):
         b, n = self.segment_ids.shape
@@ -83,12 +115,10 @@ class PackedAttention:
         return keep, cu, int(counts.max())
 
     def attend(self, q, k, v, dropout_p: float = 0.0):
-        """q/k/v [b, h, n, d] -> [b, h, n, d]; padding positions get zeros (flash) or attend padding (SDPA)."""
+        """q/k/v [b, h, n, d] -> [b, h, n, d]; padding positions get zeros."""
         varlen = _flash_varlen() if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) else None
         if varlen is None:
-            if self._mask is None:
-                self._mask = segment_causal_mask(self.segment_ids.to(q.device))
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask, dropout_p=dropout_p)
+            return self._per_block(q, k, v, dropout_p)
         if self._plan is None:
             self._plan = self._varlen_plan()
         keep, cu, max_len = self._plan
