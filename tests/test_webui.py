@@ -91,6 +91,9 @@ def test_second_run_is_stopped_midway(page, board):
     page.click("#train-start")
     page.wait_for_selector("#train-status :text('running')")
     page.wait_for_selector("#train-progress :text('step 4/400')", timeout=400_000)
+    page.reload()  # a reopened page re-attaches to the run that is still going
+    page.wait_for_selector("#train-status :text('running')")
+    page.wait_for_selector("#train-progress :text('/400')")
     page.click("#train-stop")
     page.wait_for_selector("#train-status :text('stopped')", timeout=90_000)
     status = _text(page, "train-status")
@@ -98,9 +101,6 @@ def test_second_run_is_stopped_midway(page, board):
     m = re.search(r"step (\d+)/400", _text(page, "train-progress"))
     assert m and int(m.group(1)) < 400
     assert "resumable from iteration" in status and "--resume" in status
-    # reopening the page re-attaches to the board's run state
-    page.reload()
-    page.wait_for_selector("#train-status :text('stopped')")
 
 
 def test_data_preview_marks_the_trained_parts(page, board):
