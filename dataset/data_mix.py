@@ -161,10 +161,6 @@ def _started(stream, skip: int) -> Iterator:
     return it
 
 
-def source_names(sources: Sequence[MixSource]) -> List[str]:
-    return [s.spec for s in sources]
-
-
 def mix_summary(sources: Sequence[MixSource], sizes: Sequence[Optional[int]]) -> str:
     """The mix as printed at the start: one line per source with its weight and size."""
     lines = ["[data-mix] sources (weight, samples):"]
