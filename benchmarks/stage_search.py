@@ -10,8 +10,9 @@ over the shared prefix, the winner's cache kept). Printed per run: wall time, LM
 (positions through the language model, counted by a forward pre-hook), LM calls, ViT images, peak
 memory, and whether both runs chose the same answers. Each (N, runner) runs --repeats times (same
 answers and counts every time), the two runners alternating; the table keeps the fastest wall time
-of each, as timing noise only adds. The LAST line is a JSON object
-{N: {"speedup_wall": t_ref / t_fast, "forward_token_ratio": tokens_ref / tokens_fast,
+of each, as timing noise only adds; "cpu s" is the process's CPU time over the same run (on CPU it
+is far less moved by other jobs' load than wall time). The LAST line is a JSON object
+{N: {"speedup_wall": t_ref / t_fast, "speedup_cpu": cpu_ref / cpu_fast, "forward_token_ratio": tokens_ref / tokens_fast,
 "kv_held_mb": {runner: MB}, "peak_mb": {runner: MB}}}.
 
 Memory: "KV MB" is the largest KV cache a single forward attended over as the cache reports it
@@ -161,13 +162,13 @@ def run(model, tokenizer, template, qs, opts: SearchOptions, judge: str, judge_t
     with ForwardCounter(model) as count, HeldKV(model) as held, PeakMemory(device) as mem:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for i, (image, prompt) in enumerate(qs):
             texts.append(search(image, prompt, seed=derive_seed(opts.seed, i)).text)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-    return {"wall_s": wall, **count.snapshot(), "peak_mem_mb": mem.peak / 2 ** 20, "mem_kind": mem.kind,
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"wall_s": wall, "cpu_s": cpu, **count.snapshot(), "peak_mem_mb": mem.peak / 2 ** 20, "mem_kind": mem.kind,
             "process_peak_mb": mem.process_peak / 2 ** 20, "kv_peak_mb": count.kv_peak_bytes / 2 ** 20,
             "kv_held_mb": held.peak / 2 ** 20, "texts": texts}
 
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
     # warm-up (allocator, kernels) outside the measurements
     run(model, tokenizer, template, qs[:1], SearchOptions(mode=args.mode, n=2, max_step_tokens=2), args.judge, 2,
         device)
-    header = (f"{'N':>3} {'runner':<10} {'wall s':>8} {'LM tokens':>10} {'LM calls':>9} {'ViT imgs':>9} "
+    header = (f"{'N':>3} {'runner':<10} {'wall s':>8} {'cpu s':>7} {'LM tokens':>10} {'LM calls':>9} {'ViT imgs':>9} "
               f"{'KV MB':>7} {'KV held':>8} {'peak MB':>8} {'RSS MB':>7} {'same':>5}")
     rows, summary, kind = [header, "-" * len(header)], {}, None
     for n in [int(x) for x in args.ns.split(",")]:
@@ -220,16 +221,18 @@ def main(argv=None) -> int:
         for reference, rs in runs.items():
             assert all(r["texts"] == rs[0]["texts"] and r["lm_tokens"] == rs[0]["lm_tokens"] for r in rs)
             res[reference] = min(rs, key=lambda r: r["wall_s"])
+            res[reference]["cpu_s"] = min(r["cpu_s"] for r in rs)
             for key in ("peak_mem_mb", "process_peak_mb"):
                 res[reference][key] = max(r[key] for r in rs)
             kind = res[reference]["mem_kind"]
         same = sum(a == b for a, b in zip(res[True]["texts"], res[False]["texts"]))
         for reference, name in ((True, "reference"), (False, "fast")):
             r = res[reference]
-            rows.append(f"{n:>3} {name:<10} {r['wall_s']:>8.2f} {r['lm_tokens']:>10} {r['lm_calls']:>9} "
+            rows.append(f"{n:>3} {name:<10} {r['wall_s']:>8.2f} {r['cpu_s']:>7.2f} {r['lm_tokens']:>10} {r['lm_calls']:>9} "
                         f"{r['vision_images']:>9} {r['kv_peak_mb']:>7.2f} {r['kv_held_mb']:>8.2f} {r['peak_mem_mb']:>8.1f} "
                         f"{r['process_peak_mb']:>7.0f} {f'{same}/{len(qs)}':>5}")
         summary[str(n)] = {"speedup_wall": round(res[True]["wall_s"] / res[False]["wall_s"], 3),
+                           "speedup_cpu": round(res[True]["cpu_s"] / res[False]["cpu_s"], 3),
                            "forward_token_ratio": round(res[True]["lm_tokens"] / res[False]["lm_tokens"], 3),
                            "kv_held_mb": {"reference": round(res[True]["kv_held_mb"], 3),
                                           "fast": round(res[False]["kv_held_mb"], 3)},
