@@ -58,6 +58,9 @@ def sample_lengths(dataset, progress: bool = False) -> List[int]:
     if progress:
         from tqdm import tqdm
         items = tqdm(items, desc="packing: lengths", leave=False)
+    length_of = getattr(dataset, "token_length", None)  # a dataset that knows its lengths (PretrainDataset)
+    if length_of is not None:
+        return [length_of(i) for i in items]
     if encode is not None and records is not None and len(records) == len(dataset):
         return [len(encode(records[i].turns, records[i].problem(""))) for i in items]
     return [len(dataset[i]["input_ids"]) for i in items]

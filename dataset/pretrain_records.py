@@ -163,6 +163,10 @@ class PretrainDataset(ItemDataset):
     def process_conversation(self, record: PretrainRecord) -> Dict[str, object]:
         return encode_sample(self, record)
 
+    def token_length(self, index: int) -> int:
+        """Tokens of sample `index` (image spans included) from its text alone, no image read (for packing)."""
+        return len(encode_pretrain(self.text_processor, self.data[index]))
+
 
 def encode_sample(dataset, record: PretrainRecord, images: Optional[list] = None) -> Dict[str, object]:
     """The training sample of one pretraining record: tokens (see `encode_pretrain`) and its images in

@@ -370,6 +370,9 @@ def check(opts, cuda: bool, launcher: bool = False) -> dict:
         problems.append("--train-iters and --epochs exclude each other")
     if opts.epochs is not None and streams(opts):
         problems.append("--epochs needs data of known size; streamed data (tar shards, --data-mix) trains for --train-iters")
+    if getattr(opts, "packing", False) and streams(opts):
+        problems.append("--packing plans rows over data that can be indexed (JSON/JSONL files); streamed data "
+                        "(tar shards, --data-mix) is not packed")
     for flag, value in (("--train-iters", opts.train_iters), ("--epochs", opts.epochs),
                         ("--batch-size", opts.batch_size), ("--gradient-accumulation-steps", opts.gradient_accumulation_steps),
                         ("--max-length", opts.max_length), ("--lora-rank", opts.lora_rank)):

@@ -21,11 +21,13 @@ PROBE_SAMPLES = 4  # samples in the probe batch (those with images first)
 
 
 def text_to_image_share(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor], causal: bool,
-                        text_queries: torch.Tensor, image_keys: torch.Tensor):
+                        text_queries: torch.Tensor, image_keys: torch.Tensor,
+                        segments: Optional[torch.Tensor] = None):
     """(sum over text queries of their head-averaged attention mass on image keys, number of such queries).
 
     q, k [b, h, n, d] (after rotary); mask broadcastable to [b, 1, n, n] (>0 = may attend) or None;
-    text_queries, image_keys [b, n] bool. Queries that see no image key are left out.
+    text_queries, image_keys [b, n] bool; segments [b, n] (packed rows: a token sees its own sample
+    only, whatever the mask says). Queries that see no image key are left out.
     """
     b, h, n, d = q.shape
     total, count = 0.0, 0
@@ -38,6 +40,8 @@ def text_to_image_share(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.T
         allowed = causal_mask if allowed_all is None else allowed_all[row]
         if causal and allowed_all is not None:
             allowed = allowed & causal_mask
+        if segments is not None:
+            allowed = allowed & (segments[row][:, None] == segments[row][None, :])
         sees_image = (allowed & image_keys[row][None, :]).any(-1)  # [n]
         rows = torch.nonzero(text_queries[row] & sees_image).flatten()
         if rows.numel() == 0:
@@ -54,16 +58,16 @@ def text_to_image_share(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.T
 class AttentionProbeMixin(BaseMixin):
     """Wraps `attention_fn`: records each layer's text-to-image share, then attends as the model does."""
 
-    def __init__(self, text_queries: torch.Tensor, image_keys: torch.Tensor):
+    def __init__(self, text_queries: torch.Tensor, image_keys: torch.Tensor, segments: Optional[torch.Tensor] = None):
         super().__init__()
-        self.text_queries, self.image_keys = text_queries, image_keys
+        self.text_queries, self.image_keys, self.segments = text_queries, image_keys, segments
         self.per_layer: Dict[int, tuple] = {}
 
     @non_conflict
     def attention_fn(self, q, k, v, mask, dropout_fn, old_impl=None, **kw_args):
         layer = int(kw_args["layer_id"])
         self.per_layer[layer] = text_to_image_share(q, k, mask, bool(kw_args.get("attention_is_causal")),
-                                                    self.text_queries, self.image_keys)
+                                                    self.text_queries, self.image_keys, self.segments)
         return old_impl(q, k, v, mask, dropout_fn, **kw_args)
 
 
@@ -82,7 +86,8 @@ def measure(model, batch: dict, split_batch: Callable, dtype=None) -> List[Optio
     device = next(sat_model.parameters()).device
     inputs, _ = split_batch(batch, device, dtype)
     text_queries, image_keys = (m.to(device) for m in probe_masks(batch))
-    probe = AttentionProbeMixin(text_queries, image_keys)
+    segments = batch["segment_ids"].to(device) if "segment_ids" in batch else None
+    probe = AttentionProbeMixin(text_queries, image_keys, segments)
     was_training = sat_model.training
     sat_model.add_mixin(PROBE_NAME, probe)
     try:

@@ -16,7 +16,9 @@ def batch_counts(batch: dict, n_sources: int) -> torch.Tensor:
     lengths = batch["lengths"].double()  # [B] real tokens per row (no padding)
     image = batch["image_embed_mask"].double().sum(1)  # [B] BOI..EOI tokens
     trained = (batch["labels"] != IGNORE_INDEX).double().sum(1)  # [B]
-    per_sample = torch.stack([torch.ones_like(lengths), image, lengths - image, trained], dim=1)  # [B, 4]
+    # a packed row holds several samples, numbered by segment id 1..k (an unpacked row is segment 1)
+    samples = batch["segment_ids"].amax(1).double() if "segment_ids" in batch else torch.ones_like(lengths)
+    per_sample = torch.stack([samples, image, lengths - image, trained], dim=1)  # [B, 4]
     sources = torch.as_tensor([int(s) for s in batch.get("source") or [0] * len(lengths)], dtype=torch.long)
     out = torch.zeros(n_sources, len(FIELDS), dtype=torch.float64)
     out.index_add_(0, sources, per_sample)

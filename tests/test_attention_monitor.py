@@ -42,6 +42,12 @@ def test_share_matches_the_attention_probabilities():
     want = direct_share(q, k, mask, text, image)
     assert got[1] == want[1] == 5 + 1  # text queries after an image: row 0 positions 4-8, row 1 position 6
     assert got[0] == pytest.approx(want[0], abs=1e-5)
+    # a packed row (two samples, segments 1 and 2) under a plain causal mask: each sees only itself
+    packed = torch.tensor([[1] * 5 + [2] * 4, [1] * 9])
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    own = (packed[:, :, None] == packed[:, None, :]) & causal
+    assert text_to_image_share(q, k, None, True, text, image, segments=packed) == \
+        pytest.approx(direct_share(q, k, own, text, image), abs=1e-5)
 
 
 def test_uniform_attention_in_a_tiny_model_gives_the_counted_share(tiny_model, image_batch):

@@ -67,6 +67,9 @@ def test_token_counts_per_source(tiny_tokenizer, write_records):
     assert counts[0].tolist() == [2, 2 * direct[0]["image_tokens"], 2 * direct[0]["text_tokens"],
                                   2 * direct[0]["trained_tokens"]]
     assert counts[1].tolist() == [1, 0, direct[1]["text_tokens"], direct[1]["trained_tokens"]]
+    packed = DataCollator()(samples[:2])
+    packed["segment_ids"][0, -2:] = 2  # as if the row held two samples
+    assert batch_counts(packed, 2)[:, 0].tolist() == [2, 1]
     summary = summarise(counts, ["caps", "text"])
     assert summary["overall"]["samples"] == 3 and summary["sources"]["caps"]["share"] == round(2 / 3, 4)
     assert summary["sources"]["text"]["image_to_text"] == 0.0

@@ -109,3 +109,10 @@ def test_long_documents_follow_the_truncation_rules(make_ds):
     assert len(ds) == 2 and ds.num_truncated == 2
     assert all(len(ds[i]["input_ids"]) == 40 for i in range(2))
     assert ds[0]["labels"][-1] != IGNORE_INDEX and ds[0]["input_ids"][-1] != 2  # cut: no EOS appended
+
+
+def test_packing_reads_pretrain_lengths_without_images(make_ds):
+    from dataset.packing import sample_lengths
+    ds = make_ds([{"image": "a.png", "text": "a red square"}, {"text": "only words here"},
+                  {"images": ["a.png", "b.png"], "text": "x <image> y <image> z"}])
+    assert sample_lengths(ds) == [len(ds[i]["input_ids"]) for i in range(len(ds))]

@@ -123,6 +123,9 @@ def test_finetune_options_take_shard_patterns(corpus, tmp_path):
                                  launcher=False)
     with pytest.raises(arguments.ConfigError, match=r"2 shard\(s\) missing"):
         arguments.check(missing, cuda=False)
+    packed, _ = arguments.parse(["--stage", "pretrain", "--packing", "--train-data", out["pattern"]], launcher=False)
+    with pytest.raises(arguments.ConfigError, match="streamed data .* is not packed"):
+        arguments.check(packed, cuda=False)
     sft, _ = arguments.parse(["--train-data", out["pattern"]], launcher=False)
     with pytest.raises(arguments.ConfigError, match="--stage pretrain only"):
         arguments.check(sft, cuda=False)
