@@ -195,7 +195,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def sat_to_hf(sat_dir, out_dir, dtype: Optional[str] = None, shard_size="5GB", iteration=None,
-              progress: bool = True) -> Path:
+              progress: bool = True, trust: bool = False) -> Path:
     """Write the HF layout of a SAT checkpoint directory; returns out_dir."""
     from .checkpoint import load_state_dict
     from .config import load_model_config
@@ -203,7 +203,7 @@ def sat_to_hf(sat_dir, out_dir, dtype: Optional[str] = None, shard_size="5GB", i
     if "lora" in model_config:
         raise ConversionError(f"{sat_dir}: a LoRA training checkpoint; merge it first (python -m finetune.merge_lora "
                               f"{sat_dir}) or export its adapters (python -m finetune.merge_lora {sat_dir} --export-peft DIR)")
-    state = load_state_dict(sat_dir, iteration)
+    state = load_state_dict(sat_dir, iteration, trust=trust)  # trust: allow a .pt that needs pickled code
     return write_hf(state, model_config, out_dir, dtype, shard_size, tokenizer_dir=sat_dir, progress=progress,
                     source=str(sat_dir))
 
@@ -257,13 +257,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--shard-size", default="5GB", help="--to hf: largest shard file (default 5GB)")
     p.add_argument("--iteration", type=int, default=None,
                    help="--to hf: the SAT iteration to read (default: latest); --to sat: the one to write (default 1)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="--to hf: allow a .pt that only loads by running pickled code (an old checkpoint you trust)")
     p.add_argument("--save-format", choices=["pt", "safetensors"], default="pt",
                    help="--to sat: weights file format (default pt, the official one)")
     a = p.parse_args(argv)
     t = time.time()
     try:
         if a.to == "hf":
-            out = sat_to_hf(a.source, a.out, dtype=a.dtype, shard_size=a.shard_size, iteration=a.iteration)
+            out = sat_to_hf(a.source, a.out, dtype=a.dtype, shard_size=a.shard_size, iteration=a.iteration,
+                            trust=a.trust_checkpoint)
         else:
             out = hf_to_sat(a.source, a.out, iteration=a.iteration or 1, save_format=a.save_format)
     except (CheckpointError, FileNotFoundError, ValueError) as e:

@@ -141,3 +141,13 @@ def test_a_damaged_file_is_named(sat_dir):
     f.write_bytes(f.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match=f"{f}: cannot be read"):
         CogVLMModel.from_pretrained(str(sat_dir))
+
+
+def test_sat_to_hf_refuses_then_trusts(sat_dir, tmp_path):
+    from models.convert import main
+    marker = tmp_path / "pwned"
+    plant(sat_dir / "1" / STATE_FILE, marker)
+    assert main(["--to", "hf", str(sat_dir), str(tmp_path / "hf")]) != 0
+    assert not marker.exists()
+    assert main(["--to", "hf", str(sat_dir), str(tmp_path / "hf"), "--trust-checkpoint"]) == 0
+    assert marker.exists() and (tmp_path / "hf" / "config.json").is_file()
