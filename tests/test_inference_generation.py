@@ -173,6 +173,7 @@ def test_packed_row_cache_equals_independent_rows_as_rows_leave(tiny_model, tiny
     N independent dense-cache runs; a finished row's kept keys/values equal its dense cache's."""
     from models.kv_cache import KVCache
     from inference.generation import PackedRowCache
+    torch.manual_seed(0)  # fixed inputs: the batched rows differ from single rows only by float rounding
     inputs = image_batch(torch.randint(3, tiny_config.vocab_size, (1, 4)))
     n = inputs["input_ids"].shape[1]
     cont = torch.randint(3, tiny_config.vocab_size, (3, 4))
@@ -196,6 +197,7 @@ def test_packed_row_cache_equals_independent_rows_as_rows_leave(tiny_model, tiny
             assert torch.allclose(torch.stack(fast[r]), torch.stack(ref), atol=1e-5)
             if r == 1:
                 for layer, (k, v) in kept.items():
-                    assert torch.allclose(k, dense.keys[layer][:, :, n:n + 2], atol=1e-6)
-                    assert torch.allclose(v, dense.values[layer][:, :, n:n + 2], atol=1e-6)
+                    # 1e-5 like the logits: keys computed in a 3-row batch round differently from one row
+                    assert torch.allclose(k, dense.keys[layer][:, :, n:n + 2], atol=1e-5)
+                    assert torch.allclose(v, dense.values[layer][:, :, n:n + 2], atol=1e-5)
     assert cache.nbytes() < 3 * prefix.nbytes()  # the prefix is held once, not per row
