@@ -65,7 +65,7 @@ class ItemDataset(Dataset):
                     self.report(obj)
                     continue
                 try:
-                    record = parse_record(obj, path, line, root)
+                    record = self.parse_record(obj, path, line, root)
                     if self.check_length and not self._check_length(record):
                         continue
                 except DatasetError as e:
@@ -75,6 +75,10 @@ class ItemDataset(Dataset):
             if self.num_read == read_before:
                 self.report(Problem(path, None, None, f"no samples: {_empty_reason(path)}"))
         return records
+
+    def parse_record(self, obj, path: str, line: int, root: str):
+        """One JSON object -> a validated record (a subclass reading another record form overrides this)."""
+        return parse_record(obj, path, line, root)
 
     def _check_length(self, record: Record) -> bool:
         """Tokenise once at load so a sample that cannot fit is skipped now, not mid-training; False

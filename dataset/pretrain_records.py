@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional
 
 from .item_dataset import ItemDataset
-from .records import (IMAGE_MARKER, DatasetError, Problem, Record, SampleDropped, iter_json_objects, parse_record,
+from .records import (IMAGE_MARKER, DatasetError, Problem, Record, SampleDropped, parse_record,
                       resolve_under_root)
 from .text_processor import IGNORE_INDEX, Encoded
 
@@ -127,30 +127,10 @@ class PretrainDataset(ItemDataset):
     """Pretraining records (any form above) -> samples, validated at load like `ItemDataset`; a bad record
     is skipped and reported by file and line (or raises with strict)."""
 
-    def load_data(self, data_path: Union[str, Sequence[str]]) -> list:
-        paths = [data_path] if isinstance(data_path, (str, os.PathLike)) else list(data_path)
-        records: List[PretrainRecord] = []
-        for path in map(str, paths):
-            if not os.path.isfile(path):
-                raise DatasetError(Problem(path, None, None, "data file not found"))
-            root = self.image_root if self.image_root is not None else os.path.dirname(os.path.abspath(path))
-            read_before = self.num_read
-            for line, obj in iter_json_objects(path):
-                self.num_read += 1
-                if isinstance(obj, Problem):
-                    self.report(obj)
-                    continue
-                try:
-                    record = parse_pretrain_record(obj, path, line, root)
-                    if self.check_length and not self._check_length(record):
-                        continue
-                except DatasetError as e:
-                    self.report(e.problem)
-                    continue
-                records.append(record)
-            if self.num_read == read_before:
-                self.report(Problem(path, None, None, "no samples: the file is empty or holds no records"))
-        return records
+    def parse_record(self, obj, path: str, line: int, root: str) -> PretrainRecord:
+        """Any pretraining form (caption, interleaved, plain text, conversation) -> a record; `load_data`
+        (inherited) reads the files, reports bad records by file and line and checks lengths."""
+        return parse_pretrain_record(obj, path, line, root)
 
     def _check_length(self, record: PretrainRecord) -> bool:
         try:
