@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    add_search_args(p, n_flag="--n", judge="consistency")  # the best-measured judge (README: what search buys)
+    add_search_args(p, n_flag="--n", judge="logprob")  # the best-measured judge (README: what search buys)
     return p
 
 
