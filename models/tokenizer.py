@@ -48,12 +48,13 @@ class LlamaTokenizer:
         return [self.bos_token_id] + ids if add_special_tokens else ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        size = self.vocab_size  # read once: a property call per token made decoding dominate data loading
         ids = [int(i) for i in ids]
         if skip_special_tokens:
             special = {self.bos_token_id, self.eos_token_id, self.pad_token_id, self.unk_token_id}
-            ids = [i for i in ids if i not in special and 0 <= i < self.vocab_size]
+            ids = [i for i in ids if i not in special and 0 <= i < size]
         else:
-            ids = [i for i in ids if 0 <= i < self.vocab_size]
+            ids = [i for i in ids if 0 <= i < size]
         return self.sp.decode(ids)
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> List[str]:
