@@ -76,7 +76,8 @@ class CogVLMModel(BaseModel):
 
     def init_new_weights(self) -> None:
         """Draw every random matrix with std 1/sqrt(fan_in), the residual-branch outputs further scaled by
-        1/sqrt(2 * layers); embeddings keep SAT's 0.02.
+        1/sqrt(2 * layers); embeddings keep SAT's 0.02, except the ViT's patch positions, which start as
+        2-D sine-cosine codes (`EVA2CLIPModel.init_patch_positions`).
 
         SAT's fixed std (0.02, 0.01 here) suits widths in the thousands; at the tiny preset's width 128
         it leaves attention almost uniform and the image unseen for hundreds of steps. Checkpoints
@@ -93,6 +94,7 @@ class CogVLMModel(BaseModel):
                 if name.endswith(_RESIDUAL_OUTPUTS) or any(k in name for k in _EXPERT_RESIDUAL_OUTPUTS):
                     std /= (2 * layers) ** 0.5
                 nn.init.normal_(p, std=std)
+        self.mixins["eva"].vit_model.init_patch_positions()
 
     def position_embedding_forward(self, *args, **kwargs):
         return None

@@ -45,6 +45,22 @@ class FullAttentionMixin(BaseMixin):
         return attn.output_dropout(output) if self.training else output
 
 
+def sincos_2d_positions(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
+    """[grid_h * grid_w, dim] fixed 2-D sine-cosine codes of the patch grid, row-major like the patches:
+    a quarter of the dims each for sin(y w), cos(y w), sin(x w), cos(x w), frequencies w = 10000^(-k/q)."""
+    if dim % 4:
+        raise ValueError(f"the ViT width must be a multiple of 4 for 2-D sine-cosine positions, got {dim}")
+    q = dim // 4
+    freqs = 1.0 / 10000 ** (torch.arange(q, dtype=torch.float) / q)  # [q]
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float), torch.arange(grid_w, dtype=torch.float),
+                            indexing="ij")  # [grid_h, grid_w] each
+    codes = []
+    for coord in (ys.reshape(-1), xs.reshape(-1)):  # [P]
+        angles = coord[:, None] * freqs[None, :]  # [P, q]
+        codes += [angles.sin(), angles.cos()]
+    return torch.cat(codes, dim=1)  # [P, dim]
+
+
 class EVA2CLIPModel(BaseModel):
     """EVA2-CLIP ViT as a SAT model; parameter names match the official `vit_model`."""
 
@@ -60,6 +76,18 @@ class EVA2CLIPModel(BaseModel):
         self.add_mixin("final", DropClsTokenMixin())
         self.add_mixin("newpost", PostSublayerNormMixin())
         self.add_mixin("attention", FullAttentionMixin())
+
+    def init_patch_positions(self) -> None:
+        """Set the patch rows of the position table to 2-D sine-cosine codes (CLS keeps its own).
+
+        SAT draws them with std 0.02, about 2% of a patch embedding at small widths: a ViT trained from
+        scratch then cannot tell where a patch is for hundreds of steps (left/right, which bar is taller,
+        which shape comes first). Pretrained checkpoints overwrite this."""
+        prop = self.transformer.property
+        table = self.transformer.position_embeddings.weight
+        with torch.no_grad():
+            table[prop.pre_len:prop.pre_len + prop.num_patches] = sincos_2d_positions(
+                *prop.grid_size, table.shape[1]).to(table.dtype)
 
     @classmethod
     def add_model_specific_args(cls, parser):

@@ -186,6 +186,27 @@ def test_random_init_is_scaled_to_the_width(tiny_model):
     assert abs(embed.std().item() - 0.02) < 0.002
 
 
+def test_random_vit_positions_are_sine_cosine_codes(tiny_model):
+    """A ViT trained from scratch must tell patches apart from the first step: the patch rows of its
+    position table are 2-D sine-cosine codes (distinct, unit scale), the CLS row keeps SAT's std 0.02."""
+    from models.eva import sincos_2d_positions
+    vit = tiny_model.mixins["eva"].vit_model
+    prop = vit.transformer.property
+    table = vit.transformer.position_embeddings.weight.detach()
+    patches = table[prop.pre_len:prop.pre_len + prop.num_patches]  # [P, width]
+    assert torch.equal(patches, sincos_2d_positions(*prop.grid_size, table.shape[1]))
+    assert abs(patches.pow(2).mean().item() - 0.5) < 0.05  # sin^2 + cos^2 = 1 per pair
+    distances = torch.cdist(patches, patches) + torch.eye(len(patches)) * 1e3
+    assert distances.min() > 0.5  # no two patches share a code
+    # neighbours along x and along y differ in different dims (rows of the grid are not confused with columns)
+    w = prop.grid_size[1]
+    along_x, along_y = (patches[1] - patches[0]).abs(), (patches[w] - patches[0]).abs()
+    half = table.shape[1] // 2
+    assert along_x[:half].max() < 1e-6 < along_x[half:].max() and along_y[half:].max() < 1e-6 < along_y[:half].max()
+    with pytest.raises(ValueError, match="multiple of 4"):
+        sincos_2d_positions(2, 2, 6)
+
+
 def test_checkpoint_round_trip(tiny_model, tiny_config, image_batch, tmp_path):
     inputs = image_batch(torch.randint(3, tiny_config.vocab_size, (1, 5)))
     tiny_model.save_pretrained(tmp_path / "ckpt", iteration=7)
