@@ -38,18 +38,23 @@ Categories, easiest first (each item draws one; items cycle through the chosen c
 - ``position``: where one shape is in the image (left/right/top/bottom), or where one shape is
   relative to another (left/right/above/below).
 - ``chart``: a bar chart of 3-4 colored bars; which color's bar is the tallest or the shortest.
-- ``count``: 1-5 shapes; how many shapes, or how many of one shape or one color (answers 0-3, uniform).
-- ``arithmetic``: 2-5 shapes; remove all of one shape or color, how many shapes are left (answers 0-3,
+- ``count``: 1-4 shapes; how many shapes, or how many of one shape or one color (answers 0-3, uniform).
+- ``arithmetic``: 2-4 shapes; remove all of one shape or color, how many shapes are left (answers 0-3,
   uniform).
 
+Captions of several shapes group identical ones with their number ("two red circles and a blue
+square"), colors in palette order, then circle, square, triangle; a relative-position caption puts each
+shape on its side ("a red square on the left and a blue circle on the right"); a chart's reasoning names
+the tallest or shortest bar.
+
 Options (``option_order``): "fixed" (the default) lists the same four options in the same order for
-every question of a category (colors red, green, blue, yellow; circle, square, triangle, star; left,
-right, top, bottom or left, right, above, below; 0, 1, 2, 3; a chart's bar colors left to right), so
-the image alone decides the letter. "shuffled" draws the distractors and the letter at random, which
+every question of a category (colors red, green, blue, yellow, for charts too; circle, square, triangle,
+star; left, right, top, bottom or left, right, above, below; 0, 1, 2, 3), so the image alone decides the
+letter. "shuffled" draws the distractors and the letter at random, which
 adds an in-prompt lookup of the letter on top of seeing.
 
 Images are ``image_size`` px square (default 56: the tiny model's 8x8 patches of 7 px), a plain light
-background, at most 5 non-overlapping shapes (14-16 px for the color and shape questions, 10-14 px
+background, at most 4 non-overlapping shapes (14-16 px for the color and shape questions, 11-14 px
 otherwise; all sizes scale with the image size) at least 3 px apart, drawn without anti-aliasing in four clearly distinct colors, so every shape pixel has its palette color
 exactly. Each item is drawn from its own ``random.Random`` seeded by (seed, split, index), so the
 same arguments give byte-identical files and item i does not depend on N.
@@ -85,7 +90,8 @@ from .synth_judge import judge_count, judge_sample
 from .synth_scene import (AXIS_COLOR, BACKGROUND, COLORS, DEFAULT_IMAGE_SIZE, MAX_OBJECTS, MIN_IMAGE_SIZE,  # noqa: F401
                           PALETTE, SHAPE_DISTRACTOR, SHAPES)
 
-FORMAT_VERSION = 2  # bumped when the same arguments would draw different items (2: fixed options)
+FORMAT_VERSION = 3  # bumped when the same arguments would draw different items (2: fixed options; 3: chart
+# options in palette order, at most 4 shapes, captions that group identical shapes, chart argmax reasoning)
 _PNG_SAVE = dict(format="PNG", optimize=False, compress_level=6)  # fixed: byte-identical reruns
 
 
@@ -134,14 +140,62 @@ def _check_categories(categories: Optional[Sequence[str]]) -> List[str]:
     return list(dict.fromkeys(cats))
 
 
+def parse_category_weights(spec: Optional[str]) -> Optional[Dict[str, float]]:
+    """"color=0.4,count=1.3" -> {"color": 0.4, "count": 1.3} (categories not named weigh 1); None or ""
+    -> None. Raises ValueError naming the bad part."""
+    if spec is None or not str(spec).strip():
+        return None
+    weights: Dict[str, float] = {}
+    for part in str(spec).replace(" ", ",").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in CATEGORIES:
+            raise ValueError(f"category weight {part!r}: expected CATEGORY=WEIGHT with a category of "
+                             f"{', '.join(CATEGORIES)}")
+        try:
+            w = float(value)
+        except ValueError:
+            raise ValueError(f"category weight {part!r}: {value.strip()!r} is not a number") from None
+        if not 0 <= w < float("inf"):
+            raise ValueError(f"category weight {part!r}: the weight must be a finite number >= 0")
+        weights[name] = w
+    return weights
+
+
+def category_sequence(cats: Sequence[str], weights: Optional[Dict[str, float]], n: int) -> List[str]:
+    """The categories of items 0..n-1: `cats` in turn, or with `weights` a smooth weighted round robin
+    (each category's share is its weight over the sum, spread evenly). Item i's category does not depend
+    on n, so a longer set extends a shorter one."""
+    if not weights:
+        return [cats[i % len(cats)] for i in range(n)]
+    w = {c: float(weights.get(c, 1.0)) for c in cats}
+    total = sum(w.values())
+    if total <= 0:
+        raise ValueError("category weights: at least one chosen category needs a weight > 0")
+    credit = {c: 0.0 for c in cats}
+    out = []
+    for _ in range(n):
+        for c in cats:
+            credit[c] += w[c]
+        best = max(cats, key=lambda c: credit[c])  # ties go to the earlier category
+        credit[best] -= total
+        out.append(best)
+    return out
+
+
 def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Optional[int] = None,
              image_size: int = DEFAULT_IMAGE_SIZE, categories: Optional[Sequence[str]] = None,
              option_order: str = DEFAULT_OPTION_ORDER, answer_style: str = DEFAULT_ANSWER_STYLE,
-             judge_data: float = 0.0, *, progress: bool = True) -> Dict[str, Path]:
+             judge_data: float = 0.0, category_weights: Optional[Dict[str, float]] = None, *,
+             progress: bool = True) -> Dict[str, Path]:
     """Write `n` training and `n_test` held-out items into `out_dir` (see the module docstring).
 
     Item i of a split has category ``categories[i % len(categories)]`` and is drawn from
-    ``item_rng(seed, split, i)``. Returns the paths: ``out_dir``, ``images``, ``train``, ``test``, ``tsv``.
+    ``item_rng(seed, split, i)``; `category_weights` ({category: weight}) mixes the training items instead
+    (`category_sequence`), the held-out ones stay evenly split, so accuracy is measured as before.
+    Returns the paths: ``out_dir``, ``images``, ``train``, ``test``, ``tsv``.
     Existing files of the same names are overwritten; nothing else in `out_dir` is touched.
     `judge_data` > 0 appends round(n * judge_data) judge-prompt samples to train.jsonl (ids
     synth-judge-NNNNNN, category "judge"; see dataset/synth_judge.py), made from training items only.
@@ -152,6 +206,11 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
     if n_test < 0:
         raise ValueError(f"n_test must be >= 0, got {n_test}")
     cats = _check_categories(categories)
+    if category_weights:
+        unknown = [c for c in category_weights if c not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"category weights name unknown categories {unknown}; choose from {', '.join(CATEGORIES)}")
+    train_cats = category_sequence(cats, category_weights, n)
     _check_option_order(option_order)  # before any file is written
     check_answer_style(answer_style)
     n_judge = judge_count(n, judge_data) if n else 0
@@ -166,13 +225,13 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
     try:
         with open(paths["train"], "w", encoding="utf-8", newline="\n") as f:
             for i in range(n):
-                item = make_item(item_rng(seed, "train", i), cats[i % len(cats)], image_size, option_order,
+                item = make_item(item_rng(seed, "train", i), train_cats[i], image_size, option_order,
                                  answer_style)
                 item_id = f"synth-{i + 1:06d}"
                 (images / f"{item_id}.png").write_bytes(png_bytes(item.image))
                 f.write(json.dumps(_record(item_id, f"images/{item_id}.png", item), ensure_ascii=False) + "\n")
                 bar.update(1)
-            for j, rec in enumerate(_judge_records(seed, n, n_judge, cats, image_size, option_order)):
+            for j, rec in enumerate(_judge_records(seed, n, n_judge, train_cats, image_size, option_order)):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 bar.update(1)
         with open(paths["test"], "w", encoding="utf-8", newline="\n") as fj, \
@@ -195,15 +254,16 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
     return paths
 
 
-def _judge_records(seed: int, n: int, count: int, cats, image_size: int, option_order: str):
-    """`count` judge-prompt records, each made from a training item (its image file is reused)."""
+def _judge_records(seed: int, n: int, count: int, train_cats, image_size: int, option_order: str):
+    """`count` judge-prompt records, each made from a training item (its image file is reused);
+    `train_cats[i]` is training item i's category."""
     made = 0
     j = 0
     while made < count:
         rng = item_rng(seed, "judge", j)
         j += 1
         i = rng.randrange(n)
-        item = make_item(item_rng(seed, "train", i), cats[i % len(cats)], image_size, option_order, "tagged")
+        item = make_item(item_rng(seed, "train", i), train_cats[i], image_size, option_order, "tagged")
         sample = judge_sample(item.prompt, item.text, rng)
         if sample is None:  # the stage drawn names no value (e.g. "Counting all shapes gives 0."): draw again
             continue
@@ -260,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "item i gets the (i mod count)-th of them")
     p.add_argument("--option-order", choices=OPTION_ORDERS, default=DEFAULT_OPTION_ORDER,
                    help="fixed: each category lists the same four options in the same order (a chart's "
-                        "follow its bars), so a letter stands for one value; shuffled: random distractors "
+                        "are the four colors), so a letter stands for one value; shuffled: random distractors "
                         "at random letters, so the letter must be looked up in the prompt "
                         f"(default: {DEFAULT_OPTION_ORDER})")
     p.add_argument("--answer-style", choices=ANSWER_STYLES, default=DEFAULT_ANSWER_STYLE,
@@ -272,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write FRACTION * N judge-prompt samples into train.jsonl: the LLaVA-CoT judge "
                         "prompt over two candidate stages of a training item (one right, one with a value, "
                         "count or letter changed) answered 'Since ..., I choose response K.' (default: 0)")
+    p.add_argument("--category-weights", default=None, metavar="CAT=W,...",
+                   help="mix the training items by weight instead of evenly, e.g. color=0.4,count=1.3 (categories "
+                        "not named weigh 1; the held-out items stay evenly split)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -282,6 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         paths = generate(args.out, args.n, args.seed, n_test=args.n_test, image_size=args.image_size,
                          categories=args.categories, option_order=args.option_order,
                          answer_style=args.answer_style, judge_data=args.judge_data,
+                         category_weights=parse_category_weights(args.category_weights),
                          progress=not args.no_progress)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -16,8 +16,8 @@ CATEGORIES: Tuple[str, ...] = ("color", "shape", "position", "chart", "count", "
 MAX_ANSWER = 3  # count and arithmetic answers are 0..3, so that the four options 0-3 cover them all
 
 # How the four options are listed. "fixed": every question of a category lists the same options in
-# the same order (a bar chart's options follow its bars left to right), so the letter stands for one
-# value. "shuffled": three distractors drawn at random and the right answer at a random letter; the
+# the same order (a bar chart's are the four colors in palette order, like a color question's), so the
+# letter stands for one value. "shuffled": three distractors drawn at random and the right answer at a random letter; the
 # letter then has to be looked up in the prompt, which a tiny model trained from scratch for a few
 # minutes does not learn (see the README's fine-tuning section).
 OPTION_ORDERS: Tuple[str, ...] = ("fixed", "shuffled")
@@ -183,9 +183,12 @@ def _item_position(rng: random.Random, canvas: _Canvas, order: str):
     name_a, name_b = f"{color_a} {shape_a}", f"{color_b} {shape_b}"
     options, letter = _options(rng, rel, ("left", "right", "above", "below"), order)
     phrase = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}[rel]
+    # The caption places each shape on its side of the image (the question's order), the reasoning compares.
+    side_a, side_b = {"left": ("on the left", "on the right"), "right": ("on the right", "on the left"),
+                      "above": ("at the top", "at the bottom"), "below": ("at the bottom", "at the top")}[rel]
     text = _Stages(
         "I will compare where the two shapes are.",
-        f"The image shows {_describe([a, b])}.",
+        f"The image shows a {name_a} {side_a} and a {name_b} {side_b}.",
         f"The {name_a} is {phrase} the {name_b}. {_conclude(rel, letter)}",
         letter)
     question = f"Where is the {name_a} relative to the {name_b}?"
@@ -269,8 +272,8 @@ def _item_chart(rng: random.Random, canvas: _Canvas, order: str):
     ranked = sorted(bars, key=lambda b: -b["height"])
     pick = ranked[0] if which == "tallest" else ranked[-1]
     absent = [c for c in COLORS if c not in colors]  # palette order
-    if order == "fixed":  # the bars left to right, then the colors not drawn
-        options, letter = _options(rng, pick["color"], colors + absent, order)
+    if order == "fixed":  # the palette order, as in color questions: the letter names the color alone
+        options, letter = _options(rng, pick["color"], COLORS, order)
     else:
         rng.shuffle(absent)
         distractors = [c for c in colors + absent if c != pick["color"]][:3]  # the other bars first
@@ -278,7 +281,7 @@ def _item_chart(rng: random.Random, canvas: _Canvas, order: str):
     text = _Stages(
         f"I will compare the bars to find the {which} one.",
         f"The image shows a bar chart with bars for {_join([b['color'] for b in bars])}.",
-        f"From tallest to shortest: {_join([b['color'] for b in ranked])}. {_conclude(pick['color'], letter)}",
+        f"Comparing their heights, the {pick['color']} bar is the {which}. {_conclude(pick['color'], letter)}",
         letter)
     return f"Which color has the {which} bar?", text, options, letter, {"bars": bars, "which": which}
 

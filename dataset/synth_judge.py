@@ -13,12 +13,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .cot_format import LETTERS, parse_stages
 from .judge_prompts import HINTS, comparison_prompt
-from .synth_scene import COLORS, SHAPES
+from .synth_scene import COLORS, NUMBER_WORDS, SHAPES
 
 JUDGED_STAGES: Tuple[str, ...] = ("CAPTION", "REASONING", "CONCLUSION")  # the stages that state values
 # Words that name a value, by kind: one is swapped for another of its kind to make the wrong response.
 VALUE_WORDS: Tuple[Tuple[str, ...], ...] = (
-    COLORS, SHAPES, tuple(s + "s" for s in SHAPES), tuple(str(v) for v in range(6)),
+    COLORS, SHAPES, tuple(s + "s" for s in SHAPES), tuple(str(v) for v in range(6)), NUMBER_WORDS[2:],
     ("left", "right", "top", "bottom"), ("above", "below"), ("tallest", "shortest"), LETTERS,
 )
 

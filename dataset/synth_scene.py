@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 DEFAULT_IMAGE_SIZE = 56
 MIN_IMAGE_SIZE = 28
-MAX_OBJECTS = 5
+MAX_OBJECTS = 4
 
 # Four colors far apart from each other and from the background and the chart's gray axes.
 PALETTE: Dict[str, Tuple[int, int, int]] = {
@@ -87,7 +87,7 @@ def _place(rng: random.Random, sizes: Sequence[int], canvas: _Canvas,
                 break
         if len(corners) == len(sizes):
             return corners
-    raise RuntimeError(f"could not place {len(sizes)} shapes on {W} px")  # not reached for <= 5 shapes
+    raise RuntimeError(f"could not place {len(sizes)} shapes on {W} px")  # not reached for <= MAX_OBJECTS shapes
 
 def _join(words: Sequence[str]) -> str:
     if len(words) == 1:
@@ -95,9 +95,26 @@ def _join(words: Sequence[str]) -> str:
     return ", ".join(words[:-1]) + " and " + words[-1]
 
 
+NUMBER_WORDS: Tuple[str, ...] = ("no", "one", "two", "three", "four")
+
+
 def _describe(objs: Sequence[Mapping[str, Any]]) -> str:
-    """'a red circle, a blue square and a green circle' in left-to-right order."""
-    return _join([f"a {o['color']} {o['shape']}" for o in sorted(objs, key=lambda o: _center(o))])
+    """'two red circles, a red square and a green triangle': identical shapes grouped with their number,
+    colors in palette order, then shapes in `SHAPES` order.
+
+    A canonical order that the picture decides by what is drawn, not by where: listing shapes left to right
+    asks a tiny model to find "the next shape to the right" at every word, which it does not learn in
+    minutes; "how many red circles" is a question it can answer by looking at all red patches at once."""
+    counts: Dict[Tuple[str, str], int] = {}
+    for o in objs:
+        counts[(o["color"], o["shape"])] = counts.get((o["color"], o["shape"]), 0) + 1
+    parts = []
+    for color in COLORS:
+        for shape in SHAPES:
+            k = counts.get((color, shape), 0)
+            if k:
+                parts.append(f"a {color} {shape}" if k == 1 else f"{NUMBER_WORDS[k]} {color} {shape}s")
+    return _join(parts)
 
 def _single_object_scene(rng: random.Random, canvas: _Canvas) -> Dict[str, Any]:
     shape, color = rng.choice(SHAPES), rng.choice(COLORS)
@@ -118,7 +135,7 @@ def _mixed_objects(rng: random.Random, canvas: _Canvas, n: int, attr: Optional[s
             color = value if i < k else rng.choice([v for v in COLORS if v != value])
         shapes_colors.append((shape, color))
     rng.shuffle(shapes_colors)
-    sizes = [rng.randint(canvas.px(10), canvas.px(13)) for _ in range(n)]
+    sizes = [rng.randint(canvas.px(11), canvas.px(13)) for _ in range(n)]
     corners = _place(rng, sizes, canvas)
     objs = []
     for (shape, color), (x, y), s in zip(shapes_colors, corners, sizes):

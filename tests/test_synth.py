@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from dataset import synth
-from dataset.synth import CATEGORIES, LETTERS, OPTION_ORDERS, PALETTE, generate, item_rng, make_item, tsv_row_to_prompt
+from dataset.synth import (CATEGORIES, COLORS, LETTERS, OPTION_ORDERS, PALETTE, generate, item_rng, make_item,
+                           tsv_row_to_prompt)
 
 N_TRAIN, N_TEST, SEED = 48, 24, 7
 STAGES_RE = re.compile(r"^<SUMMARY> (.+) </SUMMARY> <CAPTION> (.+) </CAPTION> "
@@ -244,20 +245,35 @@ def test_make_item_true_to_pixels_and_scene(category, order):
         caption = STAGES_RE.match(text).group(2)
         for o in drawn:
             assert o["color"] in caption
+        if category in ("count", "arithmetic"):  # identical shapes grouped with their number, palette order
+            groups = re.findall(r"(a|two|three|four) (red|green|blue|yellow) (circle|square|triangle)s?", caption)
+            number = {"a": 1, "two": 2, "three": 3, "four": 4}
+            assert Counter({(c, s): number[k] for k, c, s in groups}) == Counter((b["color"], b["shape"]) for b in found)
+            keys = [(COLORS.index(c), synth.SHAPES.index(s)) for _, c, s in groups]
+            assert keys == sorted(keys) and len(set(keys)) == len(keys), caption
+        if category == "position" and len(drawn) == 2:  # each shape on its side, in the question's order
+            ca, sa, cb, sb = re.fullmatch(r"Where is the (\w+) (\w+) relative to the (\w+) (\w+)\?", question).groups()
+            side = {"left": ("left", "right"), "right": ("right", "left"), "above": ("top", "bottom"),
+                    "below": ("bottom", "top")}[solve(question, image)]
+            assert re.search(fr"a {ca} {sa} (on|at) the {side[0]} and a {cb} {sb} (on|at) the {side[1]}\.", caption), caption
     if order == "shuffled":
         assert len(letters) == 4  # the correct option moves around
-    elif category == "chart":  # options follow the bars; the right bar is anywhere
-        assert len(letters) >= 3
     else:  # one list of options per category (two for position: in the image / relative to another shape)
         assert len(option_lists) == (2 if category == "position" else 1), option_lists
         assert len(letters) == (3 if category == "shape" else 4)  # star is never the answer
 
 
-def test_fixed_options_follow_the_chart_bars():
+def test_fixed_chart_options_are_the_palette_whatever_the_bars():
+    orders = set()
     for i in range(20):
         item = make_item(item_rng(5, "test", i), "chart", 56, "fixed")
         bars = [b["color"] for b in item.scene["bars"]]
-        assert item.options[:len(bars)] == bars
+        orders.add(tuple(bars))
+        assert item.options == list(COLORS)  # the letter names the color, not the bar's place
+        ranked = sorted(item.scene["bars"], key=lambda b: -b["height"])
+        pick = ranked[0] if item.scene["which"] == "tallest" else ranked[-1]
+        assert item.answer == LETTERS[COLORS.index(pick["color"])]
+    assert len(orders) > 5  # the bars themselves come in many orders
     with pytest.raises(ValueError, match="option order"):
         make_item(0, "chart", 56, "sorted")
 
@@ -372,3 +388,29 @@ def test_judge_data_compares_a_right_and_a_changed_stage(tmp_path):
         assert len(a) == len(b) and len(changed) == 1  # one value word changed (everywhere it occurs)
     with pytest.raises(ValueError, match="fraction"):
         generate(tmp_path / "bad", 4, 3, judge_data=1.5, progress=False)
+
+
+def test_category_weights_mix_the_training_items_only(tmp_path):
+    from dataset.synth import category_sequence, parse_category_weights
+    weights = parse_category_weights("color=0.5,count=2")
+    assert weights == {"color": 0.5, "count": 2.0}
+    seq = category_sequence(list(CATEGORIES), weights, 650)
+    counts = Counter(seq)  # weights 0.5, 1, 1, 1, 2, 1 of 6.5: shares exact over whole periods
+    assert counts["color"] == 50 and counts["count"] == 200 and counts["shape"] == 100
+    assert category_sequence(list(CATEGORIES), weights, 100) == seq[:100]  # item i does not depend on n
+    assert category_sequence(list(CATEGORIES), None, 7) == list(CATEGORIES) + [CATEGORIES[0]]
+    paths = generate(tmp_path / "w", 26, 3, n_test=12, category_weights=weights, progress=False)
+    train, test = read_jsonl(paths["train"]), read_jsonl(paths["test"])
+    assert [r["category"] for r in train] == seq[:26]
+    assert Counter(r["category"] for r in test) == Counter({c: 2 for c in CATEGORIES})  # held-out stays even
+    for r in train:  # an item's category is the one its text answers
+        check = make_item(item_rng(3, "train", int(r["id"].split("-")[1]) - 1), r["category"])
+        assert check.text == r["conversations"][1]["value"]
+    for bad, why in (("colour=1", "expected CATEGORY=WEIGHT"), ("count=x", "not a number"),
+                     ("count=-1", ">= 0"), ("count", "expected CATEGORY=WEIGHT")):
+        with pytest.raises(ValueError, match=why):
+            parse_category_weights(bad)
+    assert synth.main(["--out", str(tmp_path / "cli"), "--n", "12", "--seed", "1", "--n-test", "6", "--no-progress",
+                       "--category-weights", "shape=0,position=0,chart=0,count=0,arithmetic=0"]) == 0
+    assert {r["category"] for r in read_jsonl(tmp_path / "cli" / "train.jsonl")} == {"color"}
+    assert synth.main(["--out", str(tmp_path / "bad"), "--n", "4", "--seed", "1", "--category-weights", "hue=2"]) == 2
