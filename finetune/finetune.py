@@ -395,7 +395,7 @@ def main(argv=None) -> int:
     num_workers = opts.num_workers if opts.num_workers is not None else (2 if cuda else 0)
     eval_interval = opts.eval_interval
     if eval_interval is None and opts.train_iters:
-        eval_interval = max(1, opts.train_iters // 5)
+        eval_interval = max(1, opts.train_iters // 2)  # each pass costs training time; the curve needs few points
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="cogcot-ds-", delete=False) as f:
         json.dump(ds_config, f)
         ds_path = f.name

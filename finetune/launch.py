@@ -19,7 +19,7 @@ from models.sat_compat import free_port
 ENTRY = Path(__file__).resolve().parent / "finetune.py"
 LAUNCH_ONLY = ("num_gpus", "num_nodes", "hostfile", "master_addr", "master_port",
                "synth_n", "synth_n_test", "synth_seed", "synth_option_order", "data_dir", "recipe", "synth_answer_style",
-               "synth_judge_data")
+               "synth_judge_data", "synth_category_weights")
 
 
 def cuda_available() -> bool:
@@ -32,6 +32,9 @@ def synthetic_data(opts) -> Path:
     from dataset import synth
     style = "" if opts.synth_answer_style == "tagged" else f"-{opts.synth_answer_style}"
     style += f"-j{opts.synth_judge_data:g}" if opts.synth_judge_data else ""
+    weights = synth.parse_category_weights(opts.synth_category_weights)
+    if weights:  # the mix is part of the data set's name, so another mix is never mistaken for this one
+        style += "-w" + "".join(f"{c[:3]}{weights[c]:g}" for c in synth.CATEGORIES if c in weights)
     out = Path(opts.data_dir) / (f"synth-v{synth.FORMAT_VERSION}-{opts.synth_option_order}{style}-n{opts.synth_n}"
                                  f"-t{opts.synth_n_test}-s{opts.synth_seed}")
     done = out / ".complete"
@@ -40,7 +43,8 @@ def synthetic_data(opts) -> Path:
         return out
     t = time.time()
     synth.generate(out, n=opts.synth_n, seed=opts.synth_seed, n_test=opts.synth_n_test,
-                   option_order=opts.synth_option_order, answer_style=opts.synth_answer_style, judge_data=opts.synth_judge_data, progress=True)
+                   option_order=opts.synth_option_order, answer_style=opts.synth_answer_style,
+                   judge_data=opts.synth_judge_data, category_weights=weights, progress=True)
     done.write_text("ok\n")
     print(f"[data] generated {opts.synth_n} training + {opts.synth_n_test} held-out items in {out} "
           f"({time.time() - t:.0f} s)", flush=True)
