@@ -90,8 +90,9 @@ from .synth_judge import judge_count, judge_sample
 from .synth_scene import (AXIS_COLOR, BACKGROUND, COLORS, DEFAULT_IMAGE_SIZE, MAX_OBJECTS, MIN_IMAGE_SIZE,  # noqa: F401
                           PALETTE, SHAPE_DISTRACTOR, SHAPES)
 
-FORMAT_VERSION = 3  # bumped when the same arguments would draw different items (2: fixed options; 3: chart
-# options in palette order, at most 4 shapes, captions that group identical shapes, chart argmax reasoning)
+FORMAT_VERSION = 4  # bumped when the same arguments would draw different items (2: fixed options; 3: chart
+# options in palette order, at most 4 shapes, captions that group identical shapes, chart argmax reasoning;
+# 4: arithmetic lists the removed shapes, chart captions name the tallest and shortest bar)
 _PNG_SAVE = dict(format="PNG", optimize=False, compress_level=6)  # fixed: byte-identical reruns
 
 

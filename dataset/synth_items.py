@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from PIL import Image
 
 from .cot_format import CONCLUSION, LETTERS, four_stage, tsv_row_to_prompt
-from .synth_scene import (COLORS, DEFAULT_IMAGE_SIZE, MAX_OBJECTS, PALETTE, AXIS_COLOR, SHAPE_DISTRACTOR, SHAPES,
+from .synth_scene import (COLORS, DEFAULT_IMAGE_SIZE, MAX_OBJECTS, NUMBER_WORDS, PALETTE, AXIS_COLOR, SHAPE_DISTRACTOR, SHAPES,
                           _Canvas, _center, _describe, _join, _mixed_objects, _obj, _place, _single_object_scene)
 
 CATEGORIES: Tuple[str, ...] = ("color", "shape", "position", "chart", "count", "arithmetic")
@@ -231,16 +231,19 @@ def _item_count(rng: random.Random, canvas: _Canvas, order: str):
 
 
 def _item_arithmetic(rng: random.Random, canvas: _Canvas, order: str):
-    attr, value, one, noun = _target(rng)
+    attr, value, _, noun = _target(rng)
     left = rng.randint(0, MAX_ANSWER)  # the answer, uniform
     n = rng.randint(max(2, left + 1), MAX_OBJECTS)
     k = n - left  # at least one shape is removed
     objs = _mixed_objects(rng, canvas, n, attr, value, k)
+    hits = [o for o in objs if o[attr] == value]
     options, letter = _number_options(rng, left, order)
     text = _Stages(
         f"I will count all shapes and subtract the {noun}.",
         f"The image shows {_describe(objs)}.",
-        f"There are {n} shapes. {f'1 of them is a {one}' if k == 1 else f'{k} of them are {noun}'}. "
+        # the removed shapes are listed before they are counted, as count items do: told only "k of them
+        # are yellow shapes", the model said 1 whatever the caption listed (README)
+        f"There are {n} shapes. The {noun} are {_describe(hits)}. That makes {k}. "
         f"{n} - {k} = {left}. {_conclude(str(left), letter)}",
         letter)
     question = f"Remove all the {noun}. How many shapes are left?"
@@ -280,8 +283,10 @@ def _item_chart(rng: random.Random, canvas: _Canvas, order: str):
         options, letter = _options(rng, pick["color"], distractors, order)
     text = _Stages(
         f"I will compare the bars to find the {which} one.",
-        f"The image shows a bar chart with bars for {_join([b['color'] for b in bars])}.",
-        f"Comparing their heights, the {pick['color']} bar is the {which}. {_conclude(pick['color'], letter)}",
+        # both extremes in every caption, whichever the question asks: each chart teaches both comparisons
+        f"The image shows a bar chart of {NUMBER_WORDS[nbars]} bars. The {ranked[0]['color']} bar is the "
+        f"tallest and the {ranked[-1]['color']} bar is the shortest.",
+        f"The {which} bar is the {pick['color']} one. {_conclude(pick['color'], letter)}",
         letter)
     return f"Which color has the {which} bar?", text, options, letter, {"bars": bars, "which": which}
 

@@ -243,8 +243,16 @@ def test_make_item_true_to_pixels_and_scene(category, order):
         assert len(drawn) <= synth.MAX_OBJECTS
         # The caption names the drawn objects.
         caption = STAGES_RE.match(text).group(2)
-        for o in drawn:
+        if category == "chart":  # the tallest and the shortest bar as the pixels have them, for any question
+            heights = sorted(found, key=lambda b: b["box"][1] - b["box"][3])  # top - bottom: tallest first
+            assert caption.endswith(f" bars. The {heights[0]['color']} bar is the tallest and the "
+                                    f"{heights[-1]['color']} bar is the shortest."), caption
+        for o in drawn if category != "chart" else []:
             assert o["color"] in caption
+        if category == "arithmetic":  # the removed shapes are listed, then counted
+            listed = re.search(r"The \w+ (?:shape)?s? ?are (.+?)\. That makes (\d)\.", STAGES_RE.match(text).group(3))
+            removed = re.findall(r"(a|two|three|four) (red|green|blue|yellow) (circle|square|triangle)", listed.group(1))
+            assert sum({"a": 1, "two": 2, "three": 3, "four": 4}[k] for k, _, _ in removed) == int(listed.group(2))
         if category in ("count", "arithmetic"):  # identical shapes grouped with their number, palette order
             groups = re.findall(r"(a|two|three|four) (red|green|blue|yellow) (circle|square|triangle)s?", caption)
             number = {"a": 1, "two": 2, "three": 3, "four": 4}
