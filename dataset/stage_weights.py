@@ -12,31 +12,17 @@ import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .cot_format import DEFAULT_STAGES, STAGE_NAMES
+from .weight_spec import parse_weight_spec
 
 
 def parse_stage_weights(spec: Optional[str]) -> Optional[Dict[str, float]]:
     """"SUMMARY=0.5,CAPTION=1" -> {"SUMMARY": 0.5, "CAPTION": 1.0}; stages not named weigh 1.
 
     None or "" -> None (no weighting). Raises ValueError naming the bad part."""
-    if spec is None or not str(spec).strip():
+    weights = parse_weight_spec(spec, "stage loss weight", "STAGE", STAGE_NAMES,
+                                normalise=lambda name: name.strip().strip("<>/").upper())
+    if weights is None:
         return None
-    weights: Dict[str, float] = {}
-    for part in str(spec).replace(" ", ",").split(","):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        name = name.strip().strip("<>/").upper()
-        if not sep:
-            raise ValueError(f"stage loss weight {part!r}: expected STAGE=WEIGHT")
-        if name not in STAGE_NAMES:
-            raise ValueError(f"stage loss weight {part!r}: unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
-        try:
-            w = float(value)
-        except ValueError:
-            raise ValueError(f"stage loss weight {part!r}: {value.strip()!r} is not a number") from None
-        if not w >= 0 or w != w or w == float("inf"):
-            raise ValueError(f"stage loss weight {part!r}: the weight must be a finite number >= 0")
-        weights[name] = w
     return {name: weights.get(name, 1.0) for name in STAGE_NAMES}
 
 

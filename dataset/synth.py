@@ -89,6 +89,7 @@ from .synth_items import (CATEGORIES, DEFAULT_OPTION_ORDER, MAX_ANSWER, NUMBER_O
 from .synth_judge import judge_count, judge_sample
 from .synth_scene import (AXIS_COLOR, BACKGROUND, COLORS, DEFAULT_IMAGE_SIZE, MAX_OBJECTS, MIN_IMAGE_SIZE,  # noqa: F401
                           PALETTE, SHAPE_DISTRACTOR, SHAPES)
+from .weight_spec import parse_weight_spec
 
 FORMAT_VERSION = 4  # bumped when the same arguments would draw different items (2: fixed options; 3: chart
 # options in palette order, at most 4 shapes, captions that group identical shapes, chart argmax reasoning;
@@ -144,25 +145,7 @@ def _check_categories(categories: Optional[Sequence[str]]) -> List[str]:
 def parse_category_weights(spec: Optional[str]) -> Optional[Dict[str, float]]:
     """"color=0.4,count=1.3" -> {"color": 0.4, "count": 1.3} (categories not named weigh 1); None or ""
     -> None. Raises ValueError naming the bad part."""
-    if spec is None or not str(spec).strip():
-        return None
-    weights: Dict[str, float] = {}
-    for part in str(spec).replace(" ", ",").split(","):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        if not sep or name not in CATEGORIES:
-            raise ValueError(f"category weight {part!r}: expected CATEGORY=WEIGHT with a category of "
-                             f"{', '.join(CATEGORIES)}")
-        try:
-            w = float(value)
-        except ValueError:
-            raise ValueError(f"category weight {part!r}: {value.strip()!r} is not a number") from None
-        if not 0 <= w < float("inf"):
-            raise ValueError(f"category weight {part!r}: the weight must be a finite number >= 0")
-        weights[name] = w
-    return weights
+    return parse_weight_spec(spec, "category weight", "CATEGORY", CATEGORIES)
 
 
 def category_sequence(cats: Sequence[str], weights: Optional[Dict[str, float]], n: int) -> List[str]:
