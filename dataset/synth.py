@@ -44,8 +44,9 @@ Categories, easiest first (each item draws one; items cycle through the chosen c
 
 Captions of several shapes group identical ones with their number ("two red circles and a blue
 square"), colors in palette order, then circle, square, triangle; a relative-position caption puts each
-shape on its side ("a red square on the left and a blue circle on the right"); a chart's reasoning names
-the tallest or shortest bar.
+shape on its side ("a red square on the left and a blue circle on the right"); a chart's caption names
+its tallest and its shortest bar whatever the question; an arithmetic answer lists the shapes it removes
+before counting them, as a count answer does.
 
 Options (``option_order``): "fixed" (the default) lists the same four options in the same order for
 every question of a category (colors red, green, blue, yellow, for charts too; circle, square, triangle,
