@@ -29,13 +29,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dataset.cot_format import DEFAULT_STAGES, stage_text  # noqa: E402  (after the path above)
+
 _NAMED = re.compile(r"answer is (.+?)(?:, option ([A-Z]))?\.", re.S)
-_CAPTION = re.compile(r"<CAPTION>(.*?)</CAPTION>", re.S)
+_CAPTION_STAGE = next(s for s in DEFAULT_STAGES if s.name == "CAPTION")
 
 
 def _caption(text: str):
-    m = _CAPTION.search(text or "")
-    return m.group(1).strip() if m else None
+    """The caption stage's text, stripped (None without a <CAPTION> tag)."""
+    caption = stage_text(text or "", _CAPTION_STAGE)
+    return caption.strip() if caption is not None else None
 
 
 def reference_captions(tsv_path: Path) -> dict:
