@@ -42,6 +42,7 @@ def main() -> int:
     p.add_argument("--max-stage-tokens", type=int, default=96, help="cap on one candidate of one step")
     p.add_argument("--temperature", type=float, default=0.6, help="candidates' sampling temperature (reference 0.6)")
     p.add_argument("--top-p", type=float, default=0.9, help="candidates' top-p (reference 0.9)")
+    p.add_argument("--greedy-candidate", action="store_true", help="candidate 0 of every step is the greedy one")
     p.add_argument("--out", default=None, help="keep the per-run records here (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is fastest on a busy box)")
     a = p.parse_args()
@@ -53,6 +54,7 @@ def main() -> int:
     from inference.options import REFERENCE_SAMPLING, SearchOptions
     sampling = REFERENCE_SAMPLING.replace(temperature=a.temperature, top_p=a.top_p)
     tag = "" if (a.temperature, a.top_p) == (0.6, 0.9) else f"-t{a.temperature:g}-p{a.top_p:g}"
+    tag += "-g" if a.greedy_candidate else ""
     ns = [int(x) for x in a.ns.split(",") if x]
     runs = [("greedy", "", 1)] + [(m, j, n) for m in a.modes.split(",") if m for j in a.judges.split(",") if j
                                   for n in ns]
@@ -71,7 +73,8 @@ def main() -> int:
         res = evaluate(model, tokenizer, a.data, template=template, mode=mode, n=n, judge=judge or "logprob",
                        batch_size=a.batch_size, limit=a.limit, max_new_tokens=a.max_new_tokens, out_path=str(path),
                        resume=path.exists(), progress=False, model_name=os.path.abspath(a.from_pretrained),
-                       search_options=SearchOptions(max_step_tokens=a.max_stage_tokens, sampling=sampling))
+                       search_options=SearchOptions(max_step_tokens=a.max_stage_tokens, sampling=sampling,
+                                                    greedy_candidate=a.greedy_candidate))
         wall = time.time() - t
         if wall_path.exists():  # resumed: add the time the earlier sittings took
             wall += float(wall_path.read_text())

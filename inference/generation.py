@@ -23,7 +23,7 @@ from models.kv_cache import KVCache
 from .caches import PackedRowCache, RowCache, extend_cache, fork  # noqa: F401  (re-exported)
 from .options import SamplingOptions
 from .prompt import Prompt
-from .sampling import StopCriteria, filter_logits, make_generator, sample_next  # noqa: F401  (re-exported)
+from .sampling import GREEDY_ROW, StopCriteria, filter_logits, make_generator, sample_next  # noqa: F401  (re-exported)
 
 
 # ----------------------------------------------------------------------------- rows

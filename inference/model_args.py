@@ -40,6 +40,8 @@ def add_search_args(p: argparse.ArgumentParser, n_flag: str = "--stage-search", 
     g.add_argument("--reference", action="store_true",
                    help="run the search like the reference code (sequential, full re-encode): for comparison")
     g.add_argument("--max-stage-tokens", type=int, default=256, help="cap on one candidate of one step")
+    g.add_argument("--greedy-candidate", action="store_true",
+                   help="candidate 0 of every step is the greedy continuation (the others are sampled)")
     g.add_argument("--judge-max-tokens", type=int, default=128, help="cap on a self-judge verdict")
     g.add_argument("--judge-log", default=None, help="append every judgment to this JSONL file")
     g.add_argument("--api-base", default=None, help="OpenAI-compatible base URL for --judge api (…/v1)")
@@ -76,5 +78,6 @@ def judge_from_args(args):
 def search_options_from_args(args, n: Optional[int] = None, mode: Optional[str] = None) -> SearchOptions:
     return SearchOptions(mode=mode or getattr(args, "search_mode", "stage"), n=n or getattr(args, "n", 4),
                          max_step_tokens=args.max_stage_tokens, reference=args.reference,
+                         greedy_candidate=getattr(args, "greedy_candidate", False),
                          judge_sampling=REFERENCE_SAMPLING.replace(max_new_tokens=args.judge_max_tokens),
                          seed=getattr(args, "seed", None) or 0)

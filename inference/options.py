@@ -64,6 +64,8 @@ class SearchOptions:
     judge_sampling: how a model judge (`self`) samples its verdict (the reference samples it too).
     reference=True runs the procedure like the reference code: one candidate at a time, image and
     prefix re-encoded for every candidate and every judge call (for comparisons; same choices).
+    greedy_candidate=True makes candidate 0 of every step the greedy continuation (the others are
+    sampled as before), so the judge can always keep what greedy decoding would have written.
     """
     mode: str = "stage"
     n: int = 4
@@ -76,6 +78,7 @@ class SearchOptions:
     judge_sampling: SamplingOptions = REFERENCE_SAMPLING.replace(max_new_tokens=128)
     seed: int = 0
     reference: bool = False
+    greedy_candidate: bool = False
 
     def __post_init__(self):
         if self.mode not in SEARCH_MODES:

@@ -20,6 +20,17 @@ def make_generator(seed: Optional[int]) -> Optional[torch.Generator]:
     return None if seed is None else torch.Generator().manual_seed(int(seed))
 
 
+class GreedyRow:
+    """Stands in a row's generator place: that row takes the argmax token whatever the sampling options,
+    so a batch of sampled candidates can hold the greedy continuation too."""
+
+    def __repr__(self) -> str:
+        return "GREEDY_ROW"
+
+
+GREEDY_ROW = GreedyRow()
+
+
 def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
     """[b, V] logits -> temperature-scaled logits with tokens outside top-k / top-p set to -inf."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / options.temperature
@@ -37,16 +48,21 @@ def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tenso
 def sample_next(logits: torch.Tensor, options: SamplingOptions,
                 generators: Sequence[Optional[torch.Generator]]) -> torch.Tensor:
     """[b, V] logits -> [b] token ids. Greedy is argmax; otherwise row i inverts its CDF at one uniform
-    number drawn from generators[i] (the global generator when None)."""
-    if options.greedy:
+    number drawn from generators[i] (the global generator when None; argmax when `GREEDY_ROW`)."""
+    greedy_rows = [i for i, g in enumerate(generators) if g is GREEDY_ROW]
+    if options.greedy or len(greedy_rows) == logits.shape[0]:
         return logits.argmax(dim=-1)
     probs = torch.softmax(filter_logits(logits, options), dim=-1)
     cdf = probs.cumsum(dim=-1)
-    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(cdf.device, cdf.dtype)  # [b]
+    u = torch.stack([torch.zeros(()) if g is GREEDY_ROW else torch.rand((), generator=g)
+                     for g in generators]).to(cdf.device, cdf.dtype)  # [b]; greedy rows draw nothing
     u = (u * cdf[:, -1])[:, None]
     out = torch.searchsorted(cdf, u, right=True)[:, 0]  # each row's first CDF step above its u
     for i in (out >= logits.shape[-1]).nonzero()[:, 0].tolist():  # u rounded up to the total:
         out[i] = probs[i].nonzero()[-1, 0]  # the last token with probability
+    if greedy_rows:
+        index = torch.tensor(greedy_rows, device=logits.device)
+        out[index] = logits[index].argmax(dim=-1)
     return out
 
 

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .generation import (Prefix, StopCriteria, commit, generate_one, generate_ragged, make_generator, ready,
+from .generation import (GREEDY_ROW, Prefix, StopCriteria, commit, generate_one, generate_ragged, make_generator, ready,
                          run_prompt, sample_rows)
 from .image import ImageLike, Pixels, image_size_of, model_device_dtype, open_image
 from .judges import Candidate, Judge, Match, make_judge
@@ -353,6 +353,8 @@ class StagedSearch:
               stop: StopCriteria, cap: int, question: str, seed: int, question_id, on_event=None) -> Step:
         n = self.options.n
         generators = [make_generator(derive_seed(seed, index, "candidate", k)) for k in range(n)]
+        if self.options.greedy_candidate:
+            generators[0] = GREEDY_ROW  # the others keep their own streams
         rows = runner.candidates(generators, stop, cap)
         cands = [Candidate(k, list(r.tokens), r.text, runner.answer_text(r.tokens), r.finish, list(r.logprobs), r)
                  for k, r in enumerate(rows)]

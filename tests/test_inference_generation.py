@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from inference.generation import (ForwardCounter, Prefix, RowCache, StopCriteria, commit, generate_batch,
-                                  generate_one, generate_ragged, make_generator, ready, run_prompt, sample_next,
+                                  GREEDY_ROW, generate_one, generate_ragged, make_generator, ready, run_prompt, sample_next,
                                   sample_rows)
 from inference.image import Pixels
 from inference.options import GREEDY, SamplingOptions
@@ -64,6 +64,16 @@ def test_each_row_samples_from_its_own_generator():
     top = logits.topk(20, dim=-1).indices
     assert all(int(t) in top[i].tolist() for i, t in enumerate(batch))  # top-k respected
     assert sample_next(logits, GREEDY, [None] * 3).tolist() == logits.argmax(-1).tolist()
+
+
+def test_a_greedy_row_takes_the_argmax_and_leaves_the_other_rows_streams_alone():
+    logits = torch.randn(3, 50, dtype=torch.float64)
+    opts = SamplingOptions(temperature=1.5, top_p=0.95)
+    mixed = sample_next(logits, opts, [make_generator(1), GREEDY_ROW, make_generator(3)])
+    sampled = sample_next(logits, opts, [make_generator(1), make_generator(2), make_generator(3)])
+    assert int(mixed[1]) == int(logits[1].argmax())
+    assert (int(mixed[0]), int(mixed[2])) == (int(sampled[0]), int(sampled[2]))
+    assert sample_next(logits, opts, [GREEDY_ROW] * 3).tolist() == logits.argmax(-1).tolist()
 
 
 def _stop_length(tok, tokens, strings):

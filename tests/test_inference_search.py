@@ -9,7 +9,7 @@ from PIL import Image
 
 from inference.generation import ForwardCounter
 from inference.prompt import build_prompt
-from inference.options import REFERENCE_SAMPLING, SearchOptions, StageSpec
+from inference.options import GREEDY, REFERENCE_SAMPLING, SearchOptions, StageSpec
 from inference.search import StagedSearch, plan_tournament, tournament_rounds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -144,3 +144,21 @@ def test_stage_mode_fast_equals_reference_with_the_consistency_judge(tiny_vlm):
     (fast, _), (ref, _) = _run(model, tok, "consistency", mode="stage", n=4, max_step_tokens=3, max_new_tokens=14)
     _same_choices(fast, ref)
     assert all(j["judge"] == "consistency" and "majority" in j["raw"] for s in fast.steps for j in s.judgments)
+
+
+def test_greedy_candidate_is_the_greedy_answer_and_fast_equals_reference(tiny_vlm):
+    """greedy_candidate: candidate 0 is what greedy decoding writes, the other candidates are the ones
+    drawn without it (each keeps its own stream), and the fast runner still equals the reference."""
+    model, tok = tiny_vlm
+    opts = dict(mode="best_of_n", n=3, max_new_tokens=6, judge_sampling=JUDGE_SAMPLING)
+
+    def candidates(**extra):
+        search = StagedSearch(model, tok, judge="logprob", options=SearchOptions(**{**opts, **extra}))
+        return [c.tokens for c in search(_image(), QUESTION, seed=5).steps[0].candidates]
+
+    greedy, = candidates(n=1, sampling=GREEDY)
+    with_greedy, sampled = candidates(greedy_candidate=True), candidates()
+    assert with_greedy[0] == greedy and with_greedy[1:] == sampled[1:]
+    assert sampled[0] != greedy  # at T 0.6 the tiny random model's first sample leaves the greedy path
+    (fast, _), (ref, _) = _run(model, tok, "logprob", mode="stage", n=3, max_step_tokens=3, greedy_candidate=True)
+    _same_choices(fast, ref)
