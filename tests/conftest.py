@@ -18,7 +18,7 @@ def tiny_tokenizer(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config():
-    """The cogvlm-tiny preset (56 px images, 64 image tokens, 4 layers of width 128)."""
+    """The cogvlm-tiny preset (56 px images, 64 image tokens, 2 language layers of width 128)."""
     from models.config import get_preset
     return get_preset("cogvlm-tiny")
 
