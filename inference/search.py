@@ -46,10 +46,13 @@ class Step:
     candidates: List[Candidate]
     winner: int
     judgments: List[dict] = field(default_factory=list)
+    added: Optional[str] = None  # what the kept candidate added to the decoded answer (set on commit)
 
     @property
     def text(self) -> str:
-        return self.candidates[self.winner].text
+        """The kept text as it reads inside the whole answer: the steps' texts join to the answer (a
+        candidate decoded on its own can differ at its first token, e.g. a word piece's leading space)."""
+        return self.added if self.added is not None else self.candidates[self.winner].text
 
 
 @dataclass
@@ -323,7 +326,10 @@ class StagedSearch:
                               on_event)
             steps.append(step)
             winner = step.candidates[step.winner]
+            before = runner.answer_text()
             runner.commit(winner.row)
+            after = runner.answer_text()
+            step.added = after[len(before):] if after.startswith(before) else winner.text
             if on_step is not None:
                 on_step(step)
             if winner.finish == "eos":
