@@ -314,6 +314,7 @@ class StagedSearch:
         steps: List[Step] = []
         final_end = opts.stages[-1].end
         finish = "done"
+        answer = runner.answer_text()  # the decoded answer so far, kept in step with every commit
         for index, (name, kind, stage, stop, cap) in enumerate(self._plan()):
             room = opts.max_new_tokens - len(runner.answer_ids)
             if room <= 0:
@@ -326,18 +327,18 @@ class StagedSearch:
                               on_event)
             steps.append(step)
             winner = step.candidates[step.winner]
-            before = runner.answer_text()
             runner.commit(winner.row)
             after = runner.answer_text()
-            step.added = after[len(before):] if after.startswith(before) else winner.text
+            step.added = after[len(answer):] if after.startswith(answer) else winner.text
+            answer = after
             if on_step is not None:
                 on_step(step)
             if winner.finish == "eos":
                 finish = "eos"
                 break
-            if opts.mode == "sentence" and final_end in runner.answer_text():
+            if opts.mode == "sentence" and final_end in answer:
                 break
-        return SearchResult(runner.answer_text().strip(), steps, finish)
+        return SearchResult(answer.strip(), steps, finish)
 
     def _plan(self):
         """(name, judge kind, stage, stop criteria, token cap) per step; sentence mode repeats forever."""
