@@ -21,27 +21,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SIDES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
-PAIR_SIDES = {"left": ("on the left", "on the right"), "right": ("on the right", "on the left"),
-              "above": ("at the top", "at the bottom"), "below": ("at the bottom", "at the top")}
-PHRASES = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
-
 
 def answers(question: str, reference: str):
-    """The four options' answers in the generator's words (`dataset.synth_items`), in option order."""
+    """The four options' answers in the generator's own words (`dataset.synth_items`), in option order."""
+    from dataset.synth_items import RELATIONS, SIDES, relation_stages, side_stages
     one = re.search(r"Where is the (\w+) in the image\?", question)
     if one:
         color = re.search(r"one (\w+) \w+", reference).group(1)
         name = f"{color} {one.group(1)}"
-        return [(f"<SUMMARY> I will find where the shape is. </SUMMARY> <CAPTION> The image shows one {name} "
-                 f"{SIDES[w]}. </CAPTION> <REASONING> The {name} is {SIDES[w]} of the image. So the answer is {w}, "
-                 f"option {letter}. </REASONING> <CONCLUSION> {letter} </CONCLUSION>")
-                for letter, w in zip("ABCD", SIDES)]
+        return [side_stages(name, where, letter).write("tagged") for letter, where in zip("ABCD", SIDES)]
     a, b = re.search(r"Where is the (\w+ \w+) relative to the (\w+ \w+)\?", question).groups()
-    return [(f"<SUMMARY> I will compare where the two shapes are. </SUMMARY> <CAPTION> The image shows a {a} "
-             f"{PAIR_SIDES[rel][0]} and a {b} {PAIR_SIDES[rel][1]}. </CAPTION> <REASONING> The {a} is {PHRASES[rel]} "
-             f"the {b}. So the answer is {rel}, option {letter}. </REASONING> <CONCLUSION> {letter} </CONCLUSION>")
-            for letter, rel in zip("ABCD", PAIR_SIDES)]
+    return [relation_stages(a, b, rel, letter).write("tagged") for letter, rel in zip("ABCD", RELATIONS)]
 
 
 def main(argv=None) -> int:

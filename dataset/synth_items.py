@@ -133,12 +133,35 @@ def _item_shape(rng: random.Random, canvas: _Canvas, order: str):
     return "What shape is in the image?", text, options, letter, {"objects": [o]}
 
 
+SIDES: Tuple[str, ...] = ("left", "right", "top", "bottom")  # where one shape is (the options, fixed order)
+RELATIONS: Tuple[str, ...] = ("left", "right", "above", "below")  # where one shape is to another
+_PAIR_SIDES = {"left": ("on the left", "on the right"), "right": ("on the right", "on the left"),
+               "above": ("at the top", "at the bottom"), "below": ("at the bottom", "at the top")}
+_RELATION_PHRASES = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+
+
+def side_stages(name: str, where: str, letter: str) -> _Stages:
+    """The answer to "Where is the circle in the image?" for the `name`d shape ("red circle") on side `where`."""
+    side = f"on the {where}" if where in ("left", "right") else f"at the {where}"
+    return _Stages("I will find where the shape is.", f"The image shows one {name} {side}.",
+                   f"The {name} is {side} of the image. {_conclude(where, letter)}", letter)
+
+
+def relation_stages(name_a: str, name_b: str, rel: str, letter: str) -> _Stages:
+    """The answer to "Where is A relative to B?": the caption places each shape on its side of the image
+    (the question's order), the reasoning compares."""
+    side_a, side_b = _PAIR_SIDES[rel]
+    return _Stages("I will compare where the two shapes are.",
+                   f"The image shows a {name_a} {side_a} and a {name_b} {side_b}.",
+                   f"The {name_a} is {_RELATION_PHRASES[rel]} the {name_b}. {_conclude(rel, letter)}", letter)
+
+
 def _item_position(rng: random.Random, canvas: _Canvas, order: str):
     W = canvas.size
     third = W // 3
     if rng.random() < 0.5:
         # One shape, clearly in one of four regions: the middle band of the other axis.
-        where = rng.choice(("left", "right", "top", "bottom"))
+        where = rng.choice(SIDES)
         shape, color = rng.choice(SHAPES), rng.choice(COLORS)
         s = rng.randint(canvas.px(12), canvas.px(14))
         mid = (W - s) // 2
@@ -149,17 +172,12 @@ def _item_position(rng: random.Random, canvas: _Canvas, order: str):
         (x, y), = _place(rng, [s], canvas, [region])
         canvas.shape(shape, color, x, y, s)
         o = _obj(shape, color, x, y, s)
-        options, letter = _options(rng, where, ("left", "right", "top", "bottom"), order)
-        side = f"on the {where}" if where in ("left", "right") else f"at the {where}"
-        text = _Stages(
-            "I will find where the shape is.",
-            f"The image shows one {color} {shape} {side}.",
-            f"The {color} {shape} is {side} of the image. {_conclude(where, letter)}",
-            letter)
+        options, letter = _options(rng, where, SIDES, order)
+        text = side_stages(f"{color} {shape}", where, letter)
         return f"Where is the {shape} in the image?", text, options, letter, {"objects": [o], "relation": where}
 
     # Two shapes of different shape and color, separated along one axis, aligned on the other.
-    rel = rng.choice(("left", "right", "above", "below"))
+    rel = rng.choice(RELATIONS)
     shape_a, shape_b = rng.sample(SHAPES, 2)
     color_a, color_b = rng.sample(COLORS, 2)
     sa, sb = rng.randint(canvas.px(11), canvas.px(14)), rng.randint(canvas.px(11), canvas.px(14))
@@ -181,16 +199,8 @@ def _item_position(rng: random.Random, canvas: _Canvas, order: str):
     canvas.shape(shape_b, color_b, xb, yb, sb)
     a, b = _obj(shape_a, color_a, xa, ya, sa), _obj(shape_b, color_b, xb, yb, sb)
     name_a, name_b = f"{color_a} {shape_a}", f"{color_b} {shape_b}"
-    options, letter = _options(rng, rel, ("left", "right", "above", "below"), order)
-    phrase = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}[rel]
-    # The caption places each shape on its side of the image (the question's order), the reasoning compares.
-    side_a, side_b = {"left": ("on the left", "on the right"), "right": ("on the right", "on the left"),
-                      "above": ("at the top", "at the bottom"), "below": ("at the bottom", "at the top")}[rel]
-    text = _Stages(
-        "I will compare where the two shapes are.",
-        f"The image shows a {name_a} {side_a} and a {name_b} {side_b}.",
-        f"The {name_a} is {phrase} the {name_b}. {_conclude(rel, letter)}",
-        letter)
+    options, letter = _options(rng, rel, RELATIONS, order)
+    text = relation_stages(name_a, name_b, rel, letter)
     question = f"Where is the {name_a} relative to the {name_b}?"
     return question, text, options, letter, {"objects": [a, b], "relation": rel}
 
