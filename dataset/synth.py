@@ -85,8 +85,8 @@ from PIL import Image
 # names are re-exported here, where users have always found them.
 from .cot_format import LETTERS, format_options, four_stage, tsv_row_to_prompt  # noqa: F401
 from .synth_items import (CATEGORIES, DEFAULT_OPTION_ORDER, MAX_ANSWER, NUMBER_OPTIONS, OPTION_ORDERS,  # noqa: F401
-                          ANSWER_STYLES, DEFAULT_ANSWER_STYLE, Item, _check_option_order, check_answer_style,
-                          make_item)
+                          ANSWER_STYLES, DEFAULT_ANSWER_STYLE, DEFAULT_PAIR_SHARE, Item, _check_option_order,
+                          check_answer_style, check_pair_share, make_item)
 from .synth_judge import judge_count, judge_sample
 from .synth_scene import (AXIS_COLOR, BACKGROUND, COLORS, DEFAULT_IMAGE_SIZE, MAX_OBJECTS, MIN_IMAGE_SIZE,  # noqa: F401
                           PALETTE, SHAPE_DISTRACTOR, SHAPES)
@@ -173,13 +173,15 @@ def category_sequence(cats: Sequence[str], weights: Optional[Dict[str, float]], 
 def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Optional[int] = None,
              image_size: int = DEFAULT_IMAGE_SIZE, categories: Optional[Sequence[str]] = None,
              option_order: str = DEFAULT_OPTION_ORDER, answer_style: str = DEFAULT_ANSWER_STYLE,
-             judge_data: float = 0.0, category_weights: Optional[Dict[str, float]] = None, *,
-             progress: bool = True) -> Dict[str, Path]:
+             judge_data: float = 0.0, category_weights: Optional[Dict[str, float]] = None,
+             position_pairs: float = DEFAULT_PAIR_SHARE, *, progress: bool = True) -> Dict[str, Path]:
     """Write `n` training and `n_test` held-out items into `out_dir` (see the module docstring).
 
     Item i of a split has category ``categories[i % len(categories)]`` and is drawn from
     ``item_rng(seed, split, i)``; `category_weights` ({category: weight}) mixes the training items instead
     (`category_sequence`), the held-out ones stay evenly split, so accuracy is measured as before.
+    `position_pairs` is the share of two-shape items among the training position items (the held-out
+    ones keep the default half), the same way a mix spends items where the errors are.
     Returns the paths: ``out_dir``, ``images``, ``train``, ``test``, ``tsv``.
     Existing files of the same names are overwritten; nothing else in `out_dir` is touched.
     `judge_data` > 0 appends round(n * judge_data) judge-prompt samples to train.jsonl (ids
@@ -196,6 +198,7 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
         if unknown:
             raise ValueError(f"category weights name unknown categories {unknown}; choose from {', '.join(CATEGORIES)}")
     train_cats = category_sequence(cats, category_weights, n)
+    position_pairs = check_pair_share(position_pairs)
     _check_option_order(option_order)  # before any file is written
     check_answer_style(answer_style)
     n_judge = judge_count(n, judge_data) if n else 0
@@ -211,12 +214,13 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
         with open(paths["train"], "w", encoding="utf-8", newline="\n") as f:
             for i in range(n):
                 item = make_item(item_rng(seed, "train", i), train_cats[i], image_size, option_order,
-                                 answer_style)
+                                 answer_style, pair_share=position_pairs)
                 item_id = f"synth-{i + 1:06d}"
                 (images / f"{item_id}.png").write_bytes(png_bytes(item.image))
                 f.write(json.dumps(_record(item_id, f"images/{item_id}.png", item), ensure_ascii=False) + "\n")
                 bar.update(1)
-            for j, rec in enumerate(_judge_records(seed, n, n_judge, train_cats, image_size, option_order)):
+            for j, rec in enumerate(_judge_records(seed, n, n_judge, train_cats, image_size, option_order,
+                                                   position_pairs)):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 bar.update(1)
         with open(paths["test"], "w", encoding="utf-8", newline="\n") as fj, \
@@ -239,7 +243,8 @@ def generate(out_dir: Union[str, os.PathLike], n: int, seed: int, n_test: Option
     return paths
 
 
-def _judge_records(seed: int, n: int, count: int, train_cats, image_size: int, option_order: str):
+def _judge_records(seed: int, n: int, count: int, train_cats, image_size: int, option_order: str,
+                   position_pairs: float = DEFAULT_PAIR_SHARE):
     """`count` judge-prompt records, each made from a training item (its image file is reused);
     `train_cats[i]` is training item i's category."""
     made = 0
@@ -248,7 +253,8 @@ def _judge_records(seed: int, n: int, count: int, train_cats, image_size: int, o
         rng = item_rng(seed, "judge", j)
         j += 1
         i = rng.randrange(n)
-        item = make_item(item_rng(seed, "train", i), train_cats[i], image_size, option_order, "tagged")
+        item = make_item(item_rng(seed, "train", i), train_cats[i], image_size, option_order, "tagged",
+                         pair_share=position_pairs)
         sample = judge_sample(item.prompt, item.text, rng)
         if sample is None:  # the stage drawn names no value (e.g. "Counting all shapes gives 0."): draw again
             continue
@@ -320,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category-weights", default=None, metavar="CAT=W,...",
                    help="mix the training items by weight instead of evenly, e.g. color=0.4,count=1.3 (categories "
                         "not named weigh 1; the held-out items stay evenly split)")
+    p.add_argument("--position-pairs", type=float, default=DEFAULT_PAIR_SHARE, metavar="SHARE",
+                   help="share of the training position items that place two shapes relative to each other "
+                        f"(the rest place one shape on a side; default {DEFAULT_PAIR_SHARE:g}; the held-out items "
+                        f"keep {DEFAULT_PAIR_SHARE:g})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -331,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          categories=args.categories, option_order=args.option_order,
                          answer_style=args.answer_style, judge_data=args.judge_data,
                          category_weights=parse_category_weights(args.category_weights),
-                         progress=not args.no_progress)
+                         position_pairs=args.position_pairs, progress=not args.no_progress)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -156,10 +156,15 @@ def relation_stages(name_a: str, name_b: str, rel: str, letter: str) -> _Stages:
                    f"The {name_a} is {_RELATION_PHRASES[rel]} the {name_b}. {_conclude(rel, letter)}", letter)
 
 
-def _item_position(rng: random.Random, canvas: _Canvas, order: str):
+DEFAULT_PAIR_SHARE = 0.5  # share of position items that ask where one shape is relative to another
+
+
+def _item_position(rng: random.Random, canvas: _Canvas, order: str, pair_share: float = DEFAULT_PAIR_SHARE):
+    """A position item: with probability 1 - pair_share one shape on one side ("Where is the circle in the
+    image?"), else two shapes ("Where is the red circle relative to the blue square?")."""
     W = canvas.size
     third = W // 3
-    if rng.random() < 0.5:
+    if rng.random() < 1.0 - pair_share:
         # One shape, clearly in one of four regions: the middle band of the other axis.
         where = rng.choice(SIDES)
         shape, color = rng.choice(SHAPES), rng.choice(COLORS)
@@ -312,8 +317,20 @@ _MAKERS = {
 assert tuple(_MAKERS) == CATEGORIES
 
 
+def check_pair_share(pair_share: float) -> float:
+    """The share of two-shape position items, a number in [0, 1]; raises ValueError naming it."""
+    try:
+        value = float(pair_share)
+    except (TypeError, ValueError):
+        raise ValueError(f"position pair share must be a number in [0, 1], got {pair_share!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"position pair share must be in [0, 1], got {value:g}")
+    return value
+
+
 def make_item(rng: Union[random.Random, int], category: str, image_size: int = DEFAULT_IMAGE_SIZE,
-              option_order: str = DEFAULT_OPTION_ORDER, answer_style: str = DEFAULT_ANSWER_STYLE) -> Item:
+              option_order: str = DEFAULT_OPTION_ORDER, answer_style: str = DEFAULT_ANSWER_STYLE,
+              pair_share: float = DEFAULT_PAIR_SHARE) -> Item:
     """Draw one item of `category` from `rng` (a ``random.Random``, or an int seed).
 
     Returns an `Item` that unpacks as ``(image, question, options, answer_letter, four_stage_answer,
@@ -321,7 +338,8 @@ def make_item(rng: Union[random.Random, int], category: str, image_size: int = D
     option strings for A-D, the correct letter, the LLaVA-CoT answer whose ``<CONCLUSION>`` is that
     letter, and the category. ``item.scene`` describes what was drawn. `option_order` is "fixed" or
     "shuffled" (see `OPTION_ORDERS`); `answer_style` "tagged", "plain" or "direct" (see `ANSWER_STYLES`;
-    the style changes only the text, never the image, options or letter).
+    the style changes only the text, never the image, options or letter). `pair_share` is the chance
+    that a position item has two shapes (the default 0.5 draws the same items as before it existed).
     """
     if category not in _MAKERS:
         raise ValueError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
@@ -330,7 +348,8 @@ def make_item(rng: Union[random.Random, int], category: str, image_size: int = D
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     canvas = _Canvas(int(image_size))
-    question, stages, options, letter, scene = _MAKERS[category](rng, canvas, option_order)
+    extra = {"pair_share": check_pair_share(pair_share)} if category == "position" else {}
+    question, stages, options, letter, scene = _MAKERS[category](rng, canvas, option_order, **extra)
     scene = dict(scene, image_size=canvas.size)
     return Item(canvas.image, question, list(options), letter, stages.write(answer_style), category, scene)
 

@@ -19,7 +19,7 @@ from models.sat_compat import free_port
 ENTRY = Path(__file__).resolve().parent / "finetune.py"
 LAUNCH_ONLY = ("num_gpus", "num_nodes", "hostfile", "master_addr", "master_port",
                "synth_n", "synth_n_test", "synth_seed", "synth_option_order", "data_dir", "recipe", "synth_answer_style",
-               "synth_judge_data", "synth_category_weights")
+               "synth_judge_data", "synth_category_weights", "synth_position_pairs")
 
 
 def cuda_available() -> bool:
@@ -35,6 +35,8 @@ def synthetic_data(opts) -> Path:
     weights = synth.parse_category_weights(opts.synth_category_weights)
     if weights:  # the mix is part of the data set's name, so another mix is never mistaken for this one
         style += "-w" + "".join(f"{c[:3]}{weights[c]:g}" for c in synth.CATEGORIES if c in weights)
+    if opts.synth_position_pairs != synth.DEFAULT_PAIR_SHARE:
+        style += f"-pp{opts.synth_position_pairs:g}"
     out = Path(opts.data_dir) / (f"synth-v{synth.FORMAT_VERSION}-{opts.synth_option_order}{style}-n{opts.synth_n}"
                                  f"-t{opts.synth_n_test}-s{opts.synth_seed}")
     done = out / ".complete"
@@ -44,7 +46,8 @@ def synthetic_data(opts) -> Path:
     t = time.time()
     synth.generate(out, n=opts.synth_n, seed=opts.synth_seed, n_test=opts.synth_n_test,
                    option_order=opts.synth_option_order, answer_style=opts.synth_answer_style,
-                   judge_data=opts.synth_judge_data, category_weights=weights, progress=True)
+                   judge_data=opts.synth_judge_data, category_weights=weights,
+                   position_pairs=opts.synth_position_pairs, progress=True)
     done.write_text("ok\n")
     print(f"[data] generated {opts.synth_n} training + {opts.synth_n_test} held-out items in {out} "
           f"({time.time() - t:.0f} s)", flush=True)

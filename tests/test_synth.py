@@ -422,3 +422,51 @@ def test_category_weights_mix_the_training_items_only(tmp_path):
                        "--category-weights", "shape=0,position=0,chart=0,count=0,arithmetic=0"]) == 0
     assert {r["category"] for r in read_jsonl(tmp_path / "cli" / "train.jsonl")} == {"color"}
     assert synth.main(["--out", str(tmp_path / "bad"), "--n", "4", "--seed", "1", "--category-weights", "hue=2"]) == 2
+
+
+def _is_pair(record) -> bool:
+    return "relative to" in record["conversations"][0]["value"]
+
+
+def test_position_pairs_share_changes_the_training_position_items_only(tmp_path):
+    # the default share draws exactly the items drawn before the option existed (an explicit 0.5 = none)
+    for i in range(40):
+        default = make_item(item_rng(5, "train", i), "position")
+        explicit = make_item(item_rng(5, "train", i), "position", pair_share=0.5)
+        assert default.text == explicit.text and default.image.tobytes() == explicit.image.tobytes()
+    assert all("relative to" in make_item(item_rng(5, "train", i), "position", pair_share=1.0).question
+               for i in range(30))
+    assert not any("relative to" in make_item(item_rng(5, "train", i), "position", pair_share=0.0).question
+                   for i in range(30))
+    cats = ["position"]
+    even = generate(tmp_path / "even", 60, 4, n_test=60, categories=cats, progress=False)
+    most = generate(tmp_path / "most", 60, 4, n_test=60, categories=cats, position_pairs=0.9, progress=False)
+    pairs_even = sum(map(_is_pair, read_jsonl(even["train"])))
+    pairs_most = sum(map(_is_pair, read_jsonl(most["train"])))
+    assert pairs_most >= 48 and pairs_most > pairs_even + 10  # 54 expected of 60, against 30
+    assert read_jsonl(even["test"]) == read_jsonl(most["test"])  # the held-out set is the same
+    assert (even["tsv"]).read_bytes() == (most["tsv"]).read_bytes()
+    for r in read_jsonl(most["train"]):  # a record is the item its seed draws at that share
+        i = int(r["id"].split("-")[1]) - 1
+        assert make_item(item_rng(4, "train", i), "position", pair_share=0.9).text == r["conversations"][1]["value"]
+    with pytest.raises(ValueError, match=r"position pair share must be in \[0, 1\], got 1.5"):
+        generate(tmp_path / "bad", 4, 3, position_pairs=1.5, progress=False)
+    assert synth.main(["--out", str(tmp_path / "cli"), "--n", "20", "--seed", "2", "--n-test", "4", "--no-progress",
+                       "--categories", "position", "--position-pairs", "1"]) == 0
+    assert all(map(_is_pair, read_jsonl(tmp_path / "cli" / "train.jsonl")))
+    assert synth.main(["--out", str(tmp_path / "cli2"), "--n", "4", "--seed", "1", "--position-pairs", "-0.1"]) == 2
+
+
+def test_run_option_for_position_pairs_is_checked_and_names_the_data(tmp_path):
+    from finetune import arguments, launch
+    opts, _ = arguments.parse(["--synth-position-pairs", "2", "--synth-category-weights", "hue=1"], launcher=True)
+    with pytest.raises(arguments.ConfigError) as info:
+        arguments.check(opts, cuda=False, launcher=True)
+    assert "--synth-position-pairs: position pair share must be in [0, 1], got 2" in info.value.problems
+    assert any(p.startswith("--synth-category-weights:") for p in info.value.problems)  # every problem at once
+    opts, _ = arguments.parse(["--synth-n", "6", "--synth-n-test", "6", "--data-dir", str(tmp_path),
+                               "--synth-position-pairs", "1"], launcher=True)
+    out = launch.synthetic_data(opts)
+    assert out.name.endswith("-pp1-n6-t6-s7") and (out / ".complete").is_file()
+    positions = [r for r in read_jsonl(out / "train.jsonl") if r["category"] == "position"]
+    assert positions and all(map(_is_pair, positions))
